@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up what the tests need on a fresh Debian/Ubuntu machine, then run them: `bash tests/run.sh [pytest args]`.
+# System packages: speech (espeak-ng, sox), audio (PortAudio, PulseAudio for the virtual microphone),
+# ffmpeg (mp4 muxing), Xvfb + xdotool + ImageMagick (the tray on a virtual screen).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(espeak-ng sox libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils libasound2-plugins
+          xvfb xauth xdotool imagemagick x11-utils)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing system packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+    echo "pytest collected no tests: treating that as a failure" >&2
+    exit 1
+fi
+exit $rc
