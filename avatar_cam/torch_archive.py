@@ -155,7 +155,8 @@ def _unpickle(data: BinaryIO, storages: dict[str, _Storage]) -> Any:
         return _SafeUnpickler(data, storages).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            MemoryError, OverflowError, RecursionError) as exc:
         raise CheckpointError(f"the checkpoint's pickle is corrupt or cut short ({type(exc).__name__}: {exc})") from None
 
 
@@ -177,10 +178,34 @@ def _load_zip(path: Path) -> Any:
     return _materialize(obj)
 
 
+class _BoundedReader:
+    """A file that never hands the unpickler more than the file holds.
+
+    A damaged length field would otherwise make the unpickler allocate whatever it says, gigabytes included.
+    """
+
+    def __init__(self, f: BinaryIO, size: int):
+        self._f, self._size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._f.tell()
+        return self._f.read(left if n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self._f.readline(self._size - self._f.tell())
+
+    def readinto(self, buf) -> int:
+        return self._f.readinto(memoryview(buf)[: self._size - self._f.tell()])
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
 def _load_legacy(path: Path) -> Any:
     storages: dict[str, _Storage] = {}
     size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open(path, "rb") as raw:
+        f = _BoundedReader(raw, size)
         try:
             magic = _unpickle(f, storages)
             if magic != _LEGACY_MAGIC:
