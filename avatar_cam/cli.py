@@ -32,12 +32,13 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, models_cli
+    from . import bench, models_cli, run_cli
 
     parser = argparse.ArgumentParser(prog="avatar-cam", description="A lip-synced virtual webcam from one portrait photo.")
     parser.add_argument("--version", action="version", version=f"avatar-cam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages (they always go to the log file)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run_cli.register(sub)
     models_cli.register(sub)
     bench.register(sub)
     return parser

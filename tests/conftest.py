@@ -10,6 +10,9 @@ import pytest
 from avatar_cam.checkpoint import write_checkpoint
 from avatar_cam.wav2lip_arch import random_state_dict
 
+# One real PulseAudio server per test session, for the tests that name the `pulse_server` fixture.
+pytest_plugins = ["pulse"]
+
 
 @pytest.fixture(autouse=True)
 def user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -64,3 +67,22 @@ def astronaut_face_96():
     x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
     crop = bgr[y : min(y + h + 10, bgr.shape[0]), x : x + w]
     return cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def astronaut_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-image's astronaut (NASA, public domain): a frontal portrait, as a file."""
+    import cv2
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture()
+def installed_random_model(random_checkpoint: Path, user_dirs: Path) -> Path:
+    """The seeded random checkpoint imported into this test's model store, as a user would with `models import`."""
+    from avatar_cam.model_store import import_checkpoint
+
+    return import_checkpoint(random_checkpoint, name="wav2lip_gan").path

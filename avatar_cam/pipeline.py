@@ -1,0 +1,191 @@
+"""The live pipeline: audio ring -> streaming mel -> frame renderer -> sinks, paced by the audio clock.
+
+Threads: the audio source's thread (PortAudio callback or file player) only writes the `AudioRing`. The frame
+thread (`LivePipeline.run`) owns everything else here: the streaming mel, the renderer and the sinks.
+Control (CLI, tray, socket) talks to the frame thread only through `request_*` methods, which take effect
+between two frames.
+
+Frame k is drawn as soon as the audio it needs has arrived (see `FrameClock`), so frames follow the audio
+clock exactly and never drift from it. When no audio arrives (mic unplugged, stream stalled) the camera
+keeps showing the idle face on the wall clock, so the call app never sees a frozen or closed camera.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .audio_source import AudioRing
+from .frame_clock import FrameClock
+from .mel import StreamingMel
+from .portrait import Portrait
+from .renderer import FrameRenderer, MelColumns
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameRecord:
+    """What every emitted frame showed and when: the raw material of latency and sync measurements."""
+
+    index: int  # frame index on the audio clock (-1 for a keep-alive idle frame with no audio)
+    audio_time: float  # audio-clock seconds the frame shows
+    heard: float | None  # monotonic time that audio reached us (None without audio)
+    ready: float  # monotonic time the frame's audio was complete
+    emitted: float  # monotonic time the frame left for the sinks
+    alpha: float
+    inferred: bool
+
+    @property
+    def latency(self) -> float | None:
+        """From the sound reaching the microphone to the frame that shows it leaving, in seconds."""
+        return None if self.heard is None else self.emitted - self.heard
+
+
+@dataclass
+class PipelineStats:
+    records: list[FrameRecord] = field(default_factory=list)
+    keep: int = 100_000  # bound memory on long calls
+
+    def add(self, rec: FrameRecord) -> None:
+        self.records.append(rec)
+        if len(self.records) > self.keep:
+            del self.records[: self.keep // 10]
+
+
+class LivePipeline:
+    def __init__(self, renderer: FrameRenderer, sinks: list, ring: AudioRing, clock: FrameClock,
+                 on_frame=None, audio_taps: list | None = None, stall_s: float = 0.25, skip_when_behind: bool = True):
+        self.renderer = renderer
+        self.sinks = sinks
+        self.ring = ring
+        self.clock = clock
+        self.stats = PipelineStats()
+        self.on_frame = on_frame  # optional callback(frame, record), called on the frame thread
+        self.audio_taps = audio_taps or []  # callbacks(samples) given every 16 kHz block as the frame thread takes it
+        self.stall_s = stall_s
+        self.skip_when_behind = skip_when_behind  # False: draw every frame even when behind (offline equivalence)
+        self.paused = False
+        self.audio_stalled = False
+        self._stop = threading.Event()
+        self._pending_portrait: Portrait | None = None
+        self._lock = threading.Lock()
+        self._mel = StreamingMel()
+        self._cols = MelColumns()
+        self._consumed = 0
+        self.next_frame = 0
+
+    # --- control, from any thread -------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def request_portrait(self, portrait: Portrait) -> None:
+        with self._lock:
+            self._pending_portrait = portrait
+
+    # --- the frame thread ---------------------------------------------------------------------
+    def _apply_requests(self) -> None:
+        with self._lock:
+            portrait, self._pending_portrait = self._pending_portrait, None
+        if portrait is not None:
+            self.renderer.set_portrait(portrait)
+            log.info("photo switched to %s", portrait.path)
+
+    def _pull_audio(self) -> None:
+        total = self.ring.total
+        if total > self._consumed:
+            block = self.ring.read(self._consumed, total - self._consumed)
+            for tap in self.audio_taps:
+                tap(block)
+            cols = self._mel.push(block)
+            self._cols.extend(cols)
+            self._consumed = total
+
+    def _emit(self, frame: np.ndarray, rec: FrameRecord) -> None:
+        for sink in self.sinks:
+            sink.send(frame)
+        rec.emitted = time.monotonic()
+        self.stats.add(rec)
+        if self.on_frame is not None:
+            self.on_frame(frame, rec)
+
+    def _keep_alive(self, last_emit: float) -> float:
+        """No audio: show the idle face at the frame rate so the camera never freezes."""
+        now = time.monotonic()
+        if now - last_emit >= 1.0 / self.clock.fps:
+            if not self.audio_stalled:
+                log.warning("no audio for %.0f ms: showing the idle face until it returns", 1000 * self.stall_s)
+            self.audio_stalled = True
+            self._emit(self.renderer.idle_frame.copy(), FrameRecord(-1, -1.0, None, now, now, 0.0, False))
+            return now
+        return last_emit
+
+    def run(self) -> None:
+        """Draw frames until `stop()`. Runs on the calling thread (the frame thread)."""
+        clock, ring = self.clock, self.ring
+        last_emit = time.monotonic()
+        while not self._stop.is_set():
+            self._apply_requests()
+            k = self.next_frame
+            need = clock.samples_needed(k)
+            if not ring.wait_for(need, timeout=min(self.stall_s, 1.0 / clock.fps)):
+                if self.audio_stalled or time.monotonic() - last_emit > self.stall_s:
+                    last_emit = self._keep_alive(last_emit)
+                continue
+            if self.audio_stalled:
+                log.info("audio is back")
+                self.audio_stalled = False
+            ready = ring.written_time(need - 1) or time.monotonic()
+            self._pull_audio()
+            a, b = clock.audio_span(k)
+            audio = ring.read(max(a, 0), max(b, 0) - max(a, 0))
+            frame, info = self.renderer.render(k, self._cols.window(clock.mel_start(k)), audio, paused=self.paused)
+            heard = ring.arrival_time(int(round(info.audio_time * 16000)))
+            self._emit(frame, FrameRecord(k, info.audio_time, heard, ready, 0.0, info.alpha, info.inferred))
+            last_emit = time.monotonic()
+            self.next_frame = k + 1
+            if self.skip_when_behind:
+                self._skip_if_behind()
+
+    def _skip_if_behind(self) -> None:
+        """If audio for two more frames is already waiting, we fell behind: drop to the newest frame.
+
+        Showing the newest mouth beats showing every mouth late. Skipped frames still pass through the
+        voice gate, so its state stays what it would have been.
+        """
+        clock, k = self.clock, self.next_frame
+        while self.ring.total >= clock.samples_needed(k + 1):
+            a, b = clock.audio_span(k)
+            self.renderer.gate.update(self.ring.read(max(a, 0), max(b, 0) - max(a, 0)))
+            k += 1
+        if k != self.next_frame:
+            log.debug("fell behind: skipped %d frame(s)", k - self.next_frame)
+            self.next_frame = k
+
+
+def summarize(records: list[FrameRecord], fps: float) -> dict:
+    """fps, late frames and latency percentiles over a run's frame records."""
+    live = [r for r in records if r.index >= 0]
+    if len(live) < 2:
+        return {"frames": len(live), "fps": 0.0, "late_frames_pct": 100.0, "latency_ms_p50": None, "latency_ms_p95": None}
+    span = live[-1].emitted - live[0].emitted
+    # Frames the clock asked for but that never went out (skipped), plus those that left a frame period late.
+    expected = live[-1].index - live[0].index + 1
+    late = sum(1 for r in live if r.emitted - r.ready > 1.0 / fps) + (expected - len(live))
+    lat = np.array([r.latency for r in live if r.latency is not None]) * 1000.0
+    return {
+        "frames": len(live),
+        "fps": round((len(live) - 1) / span, 2) if span > 0 else 0.0,
+        "late_frames_pct": round(100.0 * late / expected, 2),
+        "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
+        "inferred_pct": round(100.0 * sum(r.inferred for r in live) / len(live), 1),
+    }

@@ -1,0 +1,174 @@
+"""Where frames go: the virtual camera, a preview window, an mp4 file.
+
+Every sink takes BGR uint8 frames of the output size through `send(frame)` and releases what it holds
+in `close()` (idempotent). Sinks are called from the pipeline's frame thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AvatarCamError
+
+log = logging.getLogger(__name__)
+
+
+class CameraError(AvatarCamError):
+    """The virtual camera is missing, busy, or failed."""
+
+
+def camera_install_hint() -> str:
+    system = platform.system()
+    if system == "Linux":
+        return ("install and load v4l2loopback: run install_scripts/install-linux.sh, or "
+                "`sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=\"Avatar Cam\" exclusive_caps=1`")
+    if system == "Windows":
+        return "install OBS Studio (it provides the virtual camera), or run install_scripts/install-windows.ps1"
+    if system == "Darwin":
+        return "install OBS Studio 30 or newer and start it once so its virtual camera is registered (install_scripts/install-macos.sh)"
+    return "install a virtual camera driver supported by pyvirtualcam"
+
+
+class VirtualCameraSink:
+    """The "Avatar Cam" device that call apps and OBS select, through pyvirtualcam."""
+
+    def __init__(self, width: int, height: int, fps: float, backend: str | None = None, device: str | None = None):
+        import pyvirtualcam
+
+        try:
+            self._cam = pyvirtualcam.Camera(width, height, fps, fmt=pyvirtualcam.PixelFormat.BGR, backend=backend, device=device)
+        except KeyError:
+            raise CameraError(f"unknown virtual camera backend {backend!r}",
+                              hint="leave --camera-backend out, or use v4l2loopback, obs or unitycapture") from None
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())
+            busy = "busy" in detail.lower() or "in use" in detail.lower()
+            what = "the virtual camera is busy (another program is writing to it)" if busy else "no virtual camera is available"
+            raise CameraError(f"{what}: {detail}", hint=camera_install_hint()) from None
+        self.device = self._cam.device
+        self.backend = self._cam.backend
+        log.info("virtual camera %s (%s) open at %dx%d %.0f fps", self.device, self.backend, width, height, fps)
+
+    def send(self, frame: np.ndarray) -> None:
+        self._cam.send(frame)
+
+    def close(self) -> None:
+        cam, self._cam = getattr(self, "_cam", None), None
+        if cam is not None:
+            cam.close()
+
+
+class PreviewSink:
+    """A window showing what the camera sends. OpenCV's GUI lives on its own thread; frames are dropped, never queued up."""
+
+    def __init__(self, title: str = "Avatar Cam preview"):
+        if platform.system() == "Linux" and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+            raise AvatarCamError("cannot open a preview window: no display", hint="run without --preview, or from a desktop session")
+        self._title = title
+        self._frames: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._loop, name="preview", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import cv2
+
+        while (frame := self._frames.get()) is not None:
+            cv2.imshow(self._title, frame)
+            cv2.waitKey(1)
+        cv2.destroyWindow(self._title)
+
+    def send(self, frame: np.ndarray) -> None:
+        try:
+            self._frames.put_nowait(frame)
+        except queue.Full:
+            pass
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            try:
+                self._frames.get_nowait()
+            except queue.Empty:
+                pass
+            self._frames.put(None)
+            self._thread.join(timeout=2)
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg shipped inside the imageio-ffmpeg wheel, else one on PATH."""
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        exe = shutil.which("ffmpeg")
+        if exe is None:
+            raise AvatarCamError("ffmpeg is needed to write mp4 files", hint="pip install imageio-ffmpeg") from None
+        return exe
+
+
+class Mp4Recorder:
+    """H.264 mp4 with the audio muxed in. Frames stream into ffmpeg as they come; audio is added at `close()`.
+
+    `audio` is a file to mux, or None to mux what was given to `write_audio` (16 kHz mono, for live recording).
+    The output appears only when complete: it is written under a temporary name and renamed.
+    """
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, audio: str | Path | None = None):
+        self.path = Path(path)
+        self._audio_file = Path(audio) if audio else None
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="avatar-cam-rec-"))
+        self._video = self._tmpdir / "video.mp4"
+        self._pcm: list[np.ndarray] = []
+        self.frames = 0
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
+               "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-threads", "1",
+               str(self._video)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def send(self, frame: np.ndarray) -> None:
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            raise AvatarCamError(f"the mp4 encoder stopped: {self._proc.stderr.read().decode(errors='replace')[-300:]}") from None
+        self.frames += 1
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        self._pcm.append(np.asarray(samples, np.float32).copy())
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        proc.stdin.close()
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            raise AvatarCamError(f"writing {self.path.name} failed: {err.strip()[-300:]}")
+        audio = self._audio_file
+        if audio is None and self._pcm:
+            import soundfile
+
+            audio = self._tmpdir / "audio.wav"
+            soundfile.write(audio, np.concatenate(self._pcm), 16000)
+        partial = self.path.with_name(f".{self.path.name}.part.mp4")
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(self._video)]
+        if audio is not None:
+            cmd += ["-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
+        cmd += ["-c:v", "copy", "-movflags", "+faststart", str(partial)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if done.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise AvatarCamError(f"muxing {self.path.name} failed: {done.stderr.strip()[-300:]}")
+        os.replace(partial, self.path)

@@ -1,0 +1,102 @@
+"""`avatar-cam render` and `avatar-cam run` as a user runs them (subprocesses, real files)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import soundfile
+
+from avatar_cam.compositor import Compositor, OutputFormat
+from avatar_cam.portrait import Portrait
+from avatar_cam.sinks import ffmpeg_exe
+from helpers import run_cli
+
+HERE = Path(__file__).parent
+
+
+def decode(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def test_render_writes_the_right_frames_with_sound(installed_random_model, astronaut_png, speech_wav, tmp_path):
+    out = tmp_path / "talk.mp4"
+    done = run_cli("render", "--photo", str(astronaut_png), "--audio", str(speech_wav), "--output", str(out),
+                   "--fps", "25", "--size", "640x360", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+    duration = soundfile.info(speech_wav).duration
+    frames = decode(out)
+    assert abs(len(frames) - math.ceil(duration * 25)) <= 1
+    assert frames[0].shape == (360, 640, 3)
+    probe = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(out)], capture_output=True, text=True).stderr
+    assert re.search(r"Stream #\d:\d.*Audio: aac", probe), probe
+
+    # The mouth moves while speaking and only then (the file has 0.5 s of silence at both ends).
+    region = Compositor(Portrait.load(astronaut_png), OutputFormat(640, 360)).blend_region
+    x0, y0, x1, y1 = region
+    still = frames[0][y0:y1, x0:x1].astype(int)
+    change = np.array([np.abs(f[y0:y1, x0:x1].astype(int) - still).mean() for f in frames])
+    t = np.arange(len(frames)) / 25
+    speech = (t > 0.7) & (t < duration - 0.9)
+    silence = (t < 0.25) | (t > duration - 0.2)
+    assert np.median(change[speech]) > 4 * max(np.max(change[silence]), 0.5)
+    # ... and nothing outside the face changes beyond compression noise
+    outside = np.ones(frames[0].shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert max(np.abs(f.astype(int) - frames[0])[outside].mean() for f in frames) < 1.0
+
+
+def test_commands_without_weights_say_how_to_get_them(astronaut_png, speech_wav, tmp_path):
+    for args in (["render", "--photo", str(astronaut_png), "--audio", str(speech_wav), "-o", str(tmp_path / "x.mp4")],
+                 ["run", "--photo", str(astronaut_png), "--no-camera", "--seconds", "1"]):
+        done = run_cli(*args)
+        assert done.returncode == 2, done.stderr
+        assert "not installed" in done.stderr and "avatar-cam models fetch" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_run_without_a_virtual_camera_names_the_fix(installed_random_model, astronaut_png, speech_wav):
+    # This machine has no /dev/video*: the real v4l2loopback backend must say what to install.
+    done = run_cli("run", "--photo", str(astronaut_png), "--audio-file", str(speech_wav), "--seconds", "2")
+    assert done.returncode == 2
+    assert "virtual camera" in done.stderr and "install-linux.sh" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_stops_cleanly_on_sigterm_and_releases_the_camera(installed_random_model, astronaut_png, speech_wav):
+    """The real `run` command, through a launcher that only registers the recording camera backend."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "run_product.py"), "run", "--photo", str(astronaut_png), "--audio-file",
+         str(speech_wav), "--camera-backend", "test-recorder", "--size", "320x180"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+    try:
+        line = proc.stdout.readline()  # "Avatar Cam is live on ..."
+        assert "live on test-recorder" in line, proc.stderr.read() if proc.poll() is not None else line
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "camera closed after" in out
+    frames = int(re.search(r"camera closed after (\d+) frames", out).group(1))
+    assert frames > 30
