@@ -72,7 +72,7 @@ class LivePipeline:
         self.paused = False
         self.audio_stalled = False
         self._stop = threading.Event()
-        self._pending_portrait: Portrait | None = None
+        self._requests: list = []  # callables queued by other threads, run by the frame thread
         self._lock = threading.Lock()
         self._mel = StreamingMel()
         self._cols = MelColumns()
@@ -88,16 +88,25 @@ class LivePipeline:
         return self._stop.is_set()
 
     def request_portrait(self, portrait: Portrait) -> None:
+        """Switch the photo before the next frame, without touching the camera."""
+
+        def switch() -> None:
+            self.renderer.set_portrait(portrait)
+            log.info("photo switched to %s", portrait.path)
+
+        self.call_between_frames(switch)
+
+    def call_between_frames(self, fn) -> None:
+        """Run `fn()` on the frame thread before the next frame: the only way to change what it owns."""
         with self._lock:
-            self._pending_portrait = portrait
+            self._requests.append(fn)
 
     # --- the frame thread ---------------------------------------------------------------------
     def _apply_requests(self) -> None:
         with self._lock:
-            portrait, self._pending_portrait = self._pending_portrait, None
-        if portrait is not None:
-            self.renderer.set_portrait(portrait)
-            log.info("photo switched to %s", portrait.path)
+            requests, self._requests = self._requests, []
+        for fn in requests:
+            fn()
 
     def _pull_audio(self) -> None:
         total = self.ring.total
@@ -148,7 +157,7 @@ class LivePipeline:
             a, b = clock.audio_span(k)
             audio = ring.read(max(a, 0), max(b, 0) - max(a, 0))
             frame, info = self.renderer.render(k, self._cols.window(clock.mel_start(k)), audio, paused=self.paused)
-            heard = ring.arrival_time(int(round(info.audio_time * 16000)))
+            heard = ring.arrival_time(round(info.audio_time * 16000))
             self._emit(frame, FrameRecord(k, info.audio_time, heard, ready, 0.0, info.alpha, info.inferred))
             last_emit = time.monotonic()
             self.next_frame = k + 1

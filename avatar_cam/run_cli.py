@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import AvatarCamError, ModelNotInstalledError
+from .errors import AvatarCamError
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     render.set_defaults(func=cmd_render, fps_default=25.0)
 
 
-def make_lipsync(engine: str, device: str = "CPU", precision: str = "f32"):
-    """The lip-sync engine by name. Without installed weights, say so and how to get them."""
-    from . import model_store
-    from .engine import Wav2LipEngine
-    from .renderer import Wav2LipLipSync
-
-    try:
-        checkpoint = model_store.installed_checkpoint()
-    except ModelNotInstalledError as exc:
-        raise ModelNotInstalledError(
-            f"the Wav2Lip weights are not installed, so the {engine} engine cannot run ({exc})",
-            hint="run `avatar-cam models fetch` (asks you to accept the non-commercial licence), "
-            "or `avatar-cam models import PATH` with a wav2lip_gan.pth you already have",
-        ) from None
-    return Wav2LipLipSync(Wav2LipEngine.from_checkpoint(checkpoint, device=device, precision=precision))
-
-
 def build_renderer(args: argparse.Namespace):
     from .compositor import OutputFormat
+    from .engines import make_lipsync
     from .frame_clock import FrameClock
     from .portrait import Portrait
     from .renderer import FrameRenderer
