@@ -112,6 +112,15 @@ print(1000 * float(np.median(times)))
 """
 
 
+def _time_precision(engine, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+    """ms/frame per batch size: the full network, and the generator alone (a still portrait's face encoded once)."""
+    full = {str(b): round(_time_per_frame(engine.infer, b, seconds), 2) for b in BATCHES}
+    features = engine.encode_face(_inputs(1, np.random.default_rng(0))[1])
+    still = {str(b): round(_time_per_frame(lambda mel, _face: engine.infer_encoded(mel, features), b, seconds), 2)
+             for b in BATCHES}
+    return full, still
+
+
 def _probe_load(checkpoint: Path, device: str, cache: Path) -> dict:
     """Load in a fresh process, so load time and peak RSS are what a user's start-up sees."""
     out = subprocess.run([sys.executable, "-c", _PROBE, str(checkpoint), device, str(cache)], capture_output=True, text=True)
@@ -148,17 +157,10 @@ def engine_bench(device: str = "CPU", checkpoint: Path | None = None, seconds: f
                          "first_call_ms": round(warm["first_call_ms"], 2),
                          "peak_rss_mb_cold": round(cold["peak_rss_mb"], 1), "peak_rss_mb_warm": round(warm["peak_rss_mb"], 1)}
         for precision in supported_precisions(device):
-            engine = Wav2LipEngine.from_checkpoint(ckpt, device=device, precision=precision, cache_dir=cache)
-            results["ms_per_frame"][precision] = {
-                str(b): round(_time_per_frame(engine.infer, b, seconds), 2) for b in BATCHES
-            }
-            # The live pipeline encodes a still portrait once and runs only the generator per frame.
-            features = engine.encode_face(_inputs(1, np.random.default_rng(0))[1])
-            results["ms_per_frame_still_face"][precision] = {
-                str(b): round(_time_per_frame(lambda mel, _face: engine.infer_encoded(mel, features), b, seconds), 2)
-                for b in BATCHES
-            }
-            del engine
+            full, still = _time_precision(Wav2LipEngine.from_checkpoint(ckpt, device=device, precision=precision,
+                                                                         cache_dir=cache), seconds)
+            results["ms_per_frame"][precision] = full
+            results["ms_per_frame_still_face"][precision] = still
     torch_ms = _torch_eager_ms(seconds) if torch_baseline else None
     if torch_ms is not None:
         results["torch_eager_f32_ms_b1"] = round(torch_ms, 2)

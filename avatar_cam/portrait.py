@@ -23,9 +23,10 @@ from .errors import AvatarCamError
 MIN_FACE = 64  # px: a smaller face gives a 96x96 crop that is mostly interpolation
 MIN_BOX = 32  # px: smallest manual face box we accept
 DETECT_SIDE = 640  # Haar runs on a copy this long: portrait faces are large, and it keeps detection ~50 ms
-# A Haar box runs from mid-forehead to the lower lip; Wav2Lip's S3FD box ends at the chin and the reference
-# pipeline adds 10 px below it at its ~200 px face scale. On skimage's astronaut the chin is 16% of the
-# Haar box height below the box, so: extend by CHIN (reach the chin) + PAD (10 px per 200 px of face).
+# A Haar box runs from mid-forehead to between the lower lip and the chin; Wav2Lip's S3FD box ends at the
+# chin and the reference pipeline adds 10 px below it at its ~200 px face scale. On skimage's astronaut the
+# chin is 16% of the Haar box height below the box, so the bottom moves down by CHIN (reach the chin) plus
+# PAD (10 px per 200 px of face). Top and sides stay: they already match S3FD's framing closely enough.
 CHIN, PAD = 0.17, 0.05
 BACKGROUND = 128  # transparent pixels become mid grey: a neutral backdrop that neither glows nor reads as a face edge
 HINT_PHOTO = "choose a clear, front-facing photo of one person (JPEG or PNG)"
@@ -72,7 +73,7 @@ class Portrait:
 
     @classmethod
     def from_array(cls, bgr: np.ndarray, face_box=None, max_side: int = 4096, path=None) -> Portrait:
-        bgr = np.asarray(bgr)
+        bgr = np.array(bgr)  # a copy: the caller may reuse its buffer, the Portrait must not change
         if bgr.dtype != np.uint8 or not (bgr.ndim == 2 or (bgr.ndim == 3 and bgr.shape[2] in (1, 3, 4))):
             raise PortraitError(f"{path or 'the image'}: expected 8-bit grey, BGR or BGRA pixels, got {bgr.dtype} {bgr.shape}", HINT_PHOTO)
         if bgr.ndim == 2 or bgr.shape[2] == 1:
@@ -99,10 +100,7 @@ def _build(bgr, orig: tuple[int, int], face_box, max_side: int, path: Path | Non
     if bgr.shape[1::-1] != tuple(orig):
         notes.append(f"image was {orig[0]}x{orig[1]}; scaled to {max_side} px on the long side")
     bgr = np.ascontiguousarray(bgr)
-    if face_box is not None:
-        box = _manual_box(face_box, orig, bgr.shape, name)
-    else:
-        box = _auto_box(bgr, name, notes)
+    box = _manual_box(face_box, orig, bgr.shape, name) if face_box is not None else _auto_box(bgr, name, notes)
     return Portrait(path, bgr, box, _face_input(bgr, box), notes)
 
 
@@ -127,7 +125,7 @@ def _read_rgb(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int], l
                 im.load()
                 try:
                     im = ImageOps.exif_transpose(im)
-                except Exception:  # a broken EXIF block should not make good pixels unusable
+                except Exception:  # noqa: BLE001 -- a broken EXIF block should not make good pixels unusable
                     notes.append("could not read the photo's orientation tag; using it as stored")
                 rgb = _to_rgb8(im)
     except Image.DecompressionBombError as e:
@@ -136,7 +134,7 @@ def _read_rgb(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int], l
         raise PortraitError(f"{path} is not an image Pillow can read", HINT_PHOTO) from None
     except MemoryError:
         raise PortraitError(f"{path} is too large to fit in memory", "resize the photo and try again") from None
-    except Exception as e:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError...) for bad data
+    except Exception as e:  # noqa: BLE001 -- Pillow's decoders raise many types (OSError, SyntaxError, ValueError...) for bad data
         raise PortraitError(f"{path} is damaged or incomplete and cannot be decoded ({type(e).__name__}: {e})",
                             "open it in an image viewer and re-save it, or " + HINT_PHOTO) from None
     if (rgb.shape[1] > rgb.shape[0]) != (ow > oh):  # EXIF rotated by 90 degrees: report upright sizes
@@ -153,7 +151,8 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         rgba = np.asarray(im.convert("RGBA"))
         return _flatten(rgba[:, :, :3], rgba[:, :, 3])
-    return np.asarray(im.convert("RGB"))  # L, P, 1, CMYK, YCbCr, LAB... (Pillow undoes Adobe's CMYK inversion)
+    # L, P, 1, CMYK, YCbCr, LAB... (Pillow undoes Adobe's CMYK inversion); skip the copy when already RGB.
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _flatten(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -205,8 +204,9 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
 
 
 def detect_faces(bgr: np.ndarray) -> list[FaceBox]:
-    """Raw (confirmed) Haar face boxes in `bgr`'s pixels, largest first. No Wav2Lip framing applied."""
+    """Raw (confirmed) Haar face boxes in pixels of `bgr` (uint8 BGR or grey), largest first. No Wav2Lip framing."""
     grey = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    H, W = grey.shape
     s = min(1.0, DETECT_SIDE / max(grey.shape))
     small = cv2.equalizeHist(cv2.resize(grey, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else grey)
     m = max(24, round(0.04 * max(small.shape)))  # 24 px is the cascade's window; 4% ignores faces in the crowd
@@ -224,7 +224,7 @@ def detect_faces(bgr: np.ndarray) -> list[FaceBox]:
                     others = [o for o, n in zip(others, ov) if n >= 3]
                 if not any(_iou((x, y, w, h), o) > 0.4 for o in others):
                     continue
-            kept.append(FaceBox(math.floor(x / s), math.floor(y / s), math.ceil((x + w) / s), math.ceil((y + h) / s)))
+            kept.append(FaceBox(math.floor(x / s), math.floor(y / s), min(W, math.ceil((x + w) / s)), min(H, math.ceil((y + h) / s))))
     kept.sort(key=lambda b: b.width * b.height, reverse=True)
     # Drop a box whose centre lies inside a bigger one: the same face found twice, not a second person.
     out: list[FaceBox] = []
@@ -236,13 +236,9 @@ def detect_faces(bgr: np.ndarray) -> list[FaceBox]:
 
 
 def _has_eye(upper_face: np.ndarray) -> bool:
-    w = upper_face.shape[1]
-    if w < 40:  # eyes would be under the eye cascade's 20 px window
-        return False
-    for name in ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml"):
-        if len(_cascade(name).detectMultiScale(upper_face, 1.1, 3, minSize=(max(8, w // 8),) * 2, maxSize=(w // 2, w // 2))):
-            return True
-    return False
+    w = upper_face.shape[1]  # below 40 px the eyes are smaller than the eye cascade's 20 px window
+    return w >= 40 and any(len(_cascade(name).detectMultiScale(upper_face, 1.1, 3, minSize=(w // 8, w // 8), maxSize=(w // 2, w // 2)))
+                           for name in ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml"))
 
 
 def _iou(a, b) -> float:
