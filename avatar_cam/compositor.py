@@ -1,8 +1,11 @@
 """Paste the generated lower face back into the full-resolution portrait, fitted to the camera frame.
 
-Everything that depends only on the photo and the output size (the fitted canvas, where the face lands in
-it, the feathered blend mask) is computed once in `Compositor.__init__`; `compose` then touches only the
-face region: about a millisecond at 1280x720.
+Everything that depends only on the photo and the output size (the fitted canvas, where the face and its
+features land in it, the feathered blend mask) is computed once in `Compositor.__init__`; `compose` then
+touches only the face region: about a millisecond at 1280x720.
+
+A frame is drawn in three steps so other stages can draw in between, always on the unmirrored canvas:
+`start()` (a fresh copy of the photo), `paste(...)` (the generated mouth), `finish(...)` (mirroring).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .face_layout import FaceLayout, locate
 from .portrait import Portrait
 
 
@@ -64,6 +68,7 @@ class Compositor:
         self.fmt = fmt
         self.portrait = portrait
         self.canvas, scale, (ox, oy) = _fit(portrait, fmt)
+        self.layout: FaceLayout = locate(portrait).mapped(scale, scale, ox, oy)  # in unmirrored canvas pixels
         b = portrait.box
         # The face box in canvas pixels (may be partly outside the canvas when cropping).
         x0, y0 = int(round(b.x0 * scale + ox)), int(round(b.y0 * scale + oy))
@@ -78,25 +83,30 @@ class Compositor:
         self._roi = (cx0, top, cx1, cy1)
         self._mask = mask[top - y0 : cy1 - y0, cx0 - x0 : cx1 - x0, None].copy()
         self._visible = cx1 > cx0 and cy1 > top
+        self._unmirrored = self.canvas  # frames are drawn on this, then mirrored if asked
         if fmt.mirror:
-            self.canvas = np.ascontiguousarray(self.canvas[:, ::-1])
+            self.canvas = cv2.flip(self.canvas, 1)
         self.idle_frame = self.canvas
         self._orig_roi = self._crop_roi(self.canvas_unmirrored()).astype(np.float32)
         w = self._mask
         self._orig_mean = (self._orig_roi * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
 
     def canvas_unmirrored(self) -> np.ndarray:
-        return self.canvas[:, ::-1] if self.fmt.mirror else self.canvas
+        return self._unmirrored
 
     def _crop_roi(self, img: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = self._roi
         return img[y0:y1, x0:x1]
 
+    def output_region(self, region: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """A region of the unmirrored canvas, as it shows in the output frames."""
+        x0, y0, x1, y1 = region
+        return (self.fmt.width - x1, y0, self.fmt.width - x0, y1) if self.fmt.mirror else region
+
     @property
     def blend_region(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of the canvas that `compose` may change (mirrored when the output is)."""
-        x0, y0, x1, y1 = self._roi
-        return (self.fmt.width - x1, y0, self.fmt.width - x0, y1) if self.fmt.mirror else self._roi
+        return self.output_region(self._roi)
 
     @property
     def blend_mask(self) -> np.ndarray:
@@ -110,6 +120,20 @@ class Compositor:
         """lower_face: (3,96,96) float BGR in [0,1] from the engine; alpha: 0 = idle photo, 1 = generated mouth."""
         if alpha <= 0.0 or not self._visible:
             return self.idle_frame.copy()
+        return self.finish(self.paste(self.start(), lower_face, alpha))
+
+    def start(self) -> np.ndarray:
+        """A new unmirrored copy of the photo's canvas, to draw a frame on."""
+        return self._unmirrored.copy()
+
+    def finish(self, out: np.ndarray) -> np.ndarray:
+        """The drawn unmirrored canvas as an output frame."""
+        return cv2.flip(out, 1) if self.fmt.mirror else out
+
+    def paste(self, out: np.ndarray, lower_face: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+        """Blend a generated lower face into `out` (an unmirrored canvas from `start`), in place."""
+        if alpha <= 0.0 or not self._visible:
+            return out
         x0, y0, x1, y1 = self._box
         face = np.clip(lower_face.transpose(1, 2, 0) * 255.0, 0, 255).astype(np.float32)
         gen = cv2.resize(face, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
@@ -120,9 +144,8 @@ class Compositor:
         gen += self._orig_mean - (gen * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
         weight = w * float(min(alpha, 1.0))
         patch = self._orig_roi + (gen - self._orig_roi) * weight
-        out = self.canvas_unmirrored().copy()
         out[ry0:ry1, rx0:rx1] = np.clip(patch + 0.5, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(out[:, ::-1]) if self.fmt.mirror else out
+        return out
 
 
 def _fit(portrait: Portrait, fmt: OutputFormat) -> tuple[np.ndarray, float, tuple[int, int]]:

@@ -1,7 +1,8 @@
-"""From a frame's audio to its picture: voice gate -> lip-sync engine -> compositor.
+"""From a frame's audio to its picture: voice gate -> lip-sync engine -> compositor -> idle motion.
 
 The live pipeline and the offline renderer both draw frames through `FrameRenderer`, so a live run over a
-file and an offline render of the same file give the same frames.
+file and an offline render of the same file give the same frames (idle motion depends only on the frame
+index and the engines' state only on the talking frames, in order).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from .compositor import Compositor, OutputFormat
 from .frame_clock import MEL_WINDOW, FrameClock
+from .idle_motion import IdleMotion, IdleSettings
 from .portrait import Portrait
 from .voice_gate import VoiceGate
 
@@ -23,13 +25,32 @@ SILENT_MEL = -4.0  # the normalised mel value of digital silence
 class LipSync(Protocol):
     """A lip-sync engine: given the face once, draws the lower face for each mel window."""
 
-    name: str
+    name: str  # what the tray and `status` show: "wav2lip", "lite"
 
     def set_face(self, portrait: Portrait) -> None: ...
 
     def lower_faces(self, mels: np.ndarray) -> np.ndarray:
         """mels (B,1,80,16) -> (B,3,96,96) BGR in [0,1]."""
         ...
+
+
+class MouthPainter(Protocol):
+    region: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the unmirrored canvas that `paint` may change
+
+    def paint(self, img: np.ndarray, opening: float, width: float = 0.0) -> None: ...
+
+
+class CanvasLipSync(LipSync, Protocol):
+    """An engine that draws on the full-resolution canvas itself instead of a 96x96 patch (the lite engine).
+
+    The renderer asks it for one small mouth shape per talking frame, then has its painter draw it.
+    """
+
+    def mouth_shapes(self, mels: np.ndarray) -> np.ndarray:
+        """mels (B,1,80,16), in frame order -> (B, 2): opening in [0, 1], width in [-1, 1]."""
+        ...
+
+    def canvas_painter(self, canvas: np.ndarray, layout) -> MouthPainter: ...
 
 
 class Wav2LipLipSync:
@@ -90,31 +111,94 @@ def mel_window(mel: np.ndarray, start: int) -> np.ndarray:
 
 
 class FrameRenderer:
-    """Owned by one frame thread. `set_portrait` may be called between frames to switch the photo."""
+    """Owned by one frame thread. `set_portrait`, `set_idle` and assigning `lipsync` may be called between
+    frames (to switch photo, idle motion or engine)."""
 
-    def __init__(self, lipsync: LipSync, portrait: Portrait, fmt: OutputFormat, clock: FrameClock):
-        self.lipsync = lipsync
+    def __init__(self, lipsync: LipSync, portrait: Portrait, fmt: OutputFormat, clock: FrameClock,
+                 idle: IdleSettings | None = None):
+        self._lipsync = lipsync
         self.clock = clock
         self.gate = VoiceGate(fps=clock.fps)
+        self.idle_settings = idle if idle is not None else IdleSettings()
         self.set_portrait(portrait, fmt)
+
+    @property
+    def lipsync(self) -> LipSync:
+        return self._lipsync
+
+    @lipsync.setter
+    def lipsync(self, engine: LipSync) -> None:
+        """Switch engine; it must already have been given the current face (`set_face`)."""
+        self._lipsync = engine
+        self._bind_painter()
 
     def set_portrait(self, portrait: Portrait, fmt: OutputFormat | None = None) -> None:
         self.compositor = Compositor(portrait, fmt or self.compositor.fmt)
-        self.lipsync.set_face(portrait)
+        self._lipsync.set_face(portrait)
+        self._bind_painter()
+        self.set_idle(self.idle_settings)
+
+    def set_idle(self, settings: IdleSettings) -> None:
+        self.idle_settings = settings
+        c = self.compositor
+        self.idle = IdleMotion(c.canvas.shape, c.layout, settings, self.clock.fps) if settings.any else None
+
+    def _bind_painter(self) -> None:
+        maker = getattr(self._lipsync, "canvas_painter", None)
+        c = self.compositor
+        self._painter = maker(c.canvas_unmirrored(), c.layout) if maker is not None else None
 
     @property
     def idle_frame(self) -> np.ndarray:
+        """The photo as it is, with no motion (what a frame with nothing to draw shows)."""
         return self.compositor.idle_frame
+
+    @property
+    def face_region(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the output that the engine may change in talking frames."""
+        if self._painter is not None:
+            return self.compositor.output_region(self._painter.region)
+        return self.compositor.blend_region
+
+    @property
+    def idle_region(self) -> tuple[int, int, int, int] | None:
+        """(x0, y0, x1, y1) of the output that idle motion may change, in any frame; None when it is off."""
+        return self.compositor.output_region(self.idle.region) if self.idle is not None else None
+
+    def idle_at(self, index: int) -> np.ndarray:
+        """Frame `index` with nobody talking."""
+        return self._draw(index, None, 0.0)
+
+    def _engine(self, mels: np.ndarray) -> np.ndarray:
+        """Talking frames' mel windows (B,1,80,16), in frame order -> what `_draw` takes per frame."""
+        if self._painter is not None:
+            return self._lipsync.mouth_shapes(mels)
+        return self._lipsync.lower_faces(mels)
+
+    def _draw(self, index: int, mouth: np.ndarray | None, alpha: float) -> np.ndarray:
+        c = self.compositor
+        if self.idle is None and (mouth is None or alpha <= 0.0):
+            return c.idle_frame.copy()
+        out = c.start()
+        if mouth is not None and alpha > 0.0:
+            if self._painter is not None:
+                # A drawn mouth fades by closing, not by cross-fading two mouths (which would show both).
+                self._painter.paint(out, float(mouth[0]) * alpha, float(mouth[1]) * alpha)
+            else:
+                c.paste(out, mouth, alpha)
+        if self.idle is not None:
+            self.idle.apply(out, index)
+        return c.finish(out)
 
     def render(self, index: int, mel_win: np.ndarray, audio: np.ndarray, paused: bool = False) -> tuple[np.ndarray, FrameInfo]:
         """One frame from its mel window (80,16) and the audio that window covers."""
         alpha = self.gate.update(audio)
         info = FrameInfo(index, self.clock.audio_time(index), 0.0 if paused else alpha, False)
         if info.alpha <= 0.0:
-            return self.compositor.idle_frame.copy(), info
-        lower = self.lipsync.lower_faces(mel_win[None, None])[0]
+            return self._draw(index, None, 0.0), info
+        mouth = self._engine(mel_win[None, None])[0]
         info.inferred = True
-        return self.compositor.compose(lower, info.alpha), info
+        return self._draw(index, mouth, info.alpha), info
 
     def render_clip(self, mel: np.ndarray, audio: np.ndarray, batch: int = 8):
         """Offline: yield (frame, info) for every frame of a whole clip, batching inference for speed.
@@ -130,11 +214,11 @@ class FrameRenderer:
                 infos.append(FrameInfo(k, self.clock.audio_time(k), alpha, alpha > 0))
                 if alpha > 0:
                     mels.append(mel_window(mel, self.clock.mel_start(k)))
-            lower = self.lipsync.lower_faces(np.stack(mels)[:, None]) if mels else None
+            mouths = self._engine(np.stack(mels)[:, None]) if mels else None
             j = 0
             for info in infos:
                 if info.inferred:
-                    yield self.compositor.compose(lower[j], info.alpha), info
+                    yield self._draw(info.index, mouths[j], info.alpha), info
                     j += 1
                 else:
-                    yield self.compositor.idle_frame.copy(), info
+                    yield self._draw(info.index, None, 0.0), info

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 def add_picture_options(p: argparse.ArgumentParser, photo_required: bool) -> None:
     p.add_argument("--photo", type=Path, required=photo_required, help="portrait photo (jpg, png, ...)")
     p.add_argument("--face-box", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="set the face box by hand (photo pixels)")
-    p.add_argument("--engine", choices=["wav2lip"], default="wav2lip", help="lip-sync engine (default wav2lip)")
+    p.add_argument("--engine", choices=["wav2lip", "lite"], default=None,
+                   help="lip-sync engine: wav2lip (needs `avatar-cam models fetch`) or lite (no download). "
+                   "Default: wav2lip if its weights are installed, else lite")
     p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU or AUTO (default CPU)")
     p.add_argument("--precision", default="f32", choices=["f32", "bf16", "f16"], help="inference precision (default f32)")
     p.add_argument("--fps", type=float, default=None, help="output frame rate")
@@ -26,6 +28,7 @@ def add_picture_options(p: argparse.ArgumentParser, photo_required: bool) -> Non
     p.add_argument("--fit", choices=["crop", "pad"], default="crop", help="fill the frame (crop) or show the whole photo (pad)")
     p.add_argument("--mirror", action="store_true", help="mirror the picture horizontally")
     p.add_argument("--lookahead-ms", type=float, default=160.0, help="audio lookahead per frame (default 160, as in training)")
+    p.add_argument("--idle", choices=["on", "off"], default="on", help="blinks, head motion and breathing (default on)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +57,7 @@ def build_renderer(args: argparse.Namespace):
     from .compositor import OutputFormat
     from .engines import make_lipsync
     from .frame_clock import FrameClock
+    from .idle_motion import IdleSettings
     from .portrait import Portrait
     from .renderer import FrameRenderer
 
@@ -63,8 +67,10 @@ def build_renderer(args: argparse.Namespace):
     portrait = Portrait.load(args.photo, face_box=tuple(args.face_box) if args.face_box else None)
     for note in portrait.notes:
         print(f"note: {note}", file=sys.stderr)
-    lipsync = make_lipsync(args.engine, args.device, args.precision)
-    return FrameRenderer(lipsync, portrait, fmt, clock), fmt, clock
+    # An engine the user named must run; by default Wav2Lip falls back to lite (and says so) without weights.
+    lipsync = make_lipsync(args.engine or "wav2lip", args.device, args.precision, fallback=args.engine is None)
+    idle = IdleSettings() if args.idle == "on" else IdleSettings.off()
+    return FrameRenderer(lipsync, portrait, fmt, clock, idle=idle), fmt, clock
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -98,7 +104,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         rec.close()
     took = time.perf_counter() - t0
     print(f"wrote {args.output}: {rec.frames} frames at {clock.fps:g} fps, {len(audio) / 16000:.2f} s of audio, "
-          f"{len(audio) / 16000 / took:.1f}x real time")
+          f"{len(audio) / 16000 / took:.1f}x real time ({renderer.lipsync.name} engine)")
     return 0
 
 
@@ -135,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sink in sinks:
             sink.close()
     s = summarize(pipeline.stats.records, clock.fps)
-    print(f"stopped: {s['frames']} frames, {s['fps']} fps, mouth latency p95 {s['latency_ms_p95']} ms", file=sys.stderr)
+    print(f"stopped: {s['frames']} frames, {s['fps']} fps, mouth latency p95 {s['latency_ms_p95']} ms "
+          f"({renderer.lipsync.name} engine)", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ from avatar_cam.audio_source import AudioRing, FileSource, MicrophoneSource, loa
 from avatar_cam.compositor import OutputFormat
 from avatar_cam.engine import Wav2LipEngine
 from avatar_cam.frame_clock import FrameClock
+from avatar_cam.idle_motion import IdleSettings
 from avatar_cam.mel import melspectrogram
 from avatar_cam.pipeline import LivePipeline
 from avatar_cam.portrait import Portrait
@@ -29,8 +30,8 @@ def engine(random_checkpoint, tmp_path_factory):
     return Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def make_renderer(engine, astronaut_png, clock):
-    return FrameRenderer(Wav2LipLipSync(engine), Portrait.load(astronaut_png), SIZE, clock)
+def make_renderer(engine, astronaut_png, clock, idle: IdleSettings | None = None):
+    return FrameRenderer(Wav2LipLipSync(engine), Portrait.load(astronaut_png), SIZE, clock, idle=idle)
 
 
 def level_db(x: np.ndarray) -> float:
@@ -41,7 +42,8 @@ def test_microphone_to_virtual_camera(pulse_server, speech_wav, engine, astronau
     monkeypatch.setenv("PULSE_SOURCE", "test_speaker.monitor")
     camera_recorder.register()
     clock = FrameClock(30.0)
-    renderer = make_renderer(engine, astronaut_png, clock)
+    # No idle motion here: silent frames must be the photo exactly, talking ones differ only in the mouth.
+    renderer = make_renderer(engine, astronaut_png, clock, idle=IdleSettings.off())
     ring = AudioRing(seconds=30)
     heard: list[np.ndarray] = []
     mic = MicrophoneSource(ring, device="pulse")
@@ -102,7 +104,8 @@ def test_microphone_to_virtual_camera(pulse_server, speech_wav, engine, astronau
 def test_live_run_over_a_file_equals_offline_render(engine, astronaut_png, speech_wav):
     clock = FrameClock(25.0)
     audio = load_audio(speech_wav)[: 16000 * 3]
-    offline = [f for f, _ in make_renderer(engine, astronaut_png, clock).render_clip(melspectrogram(audio), audio)]
+    offline_renderer = make_renderer(engine, astronaut_png, clock)  # with idle motion: it must repeat exactly too
+    offline = [f for f, _ in offline_renderer.render_clip(melspectrogram(audio), audio)]
 
     ring = AudioRing(seconds=30)
     live_frames: dict[int, np.ndarray] = {}
@@ -122,7 +125,9 @@ def test_live_run_over_a_file_equals_offline_render(engine, astronaut_png, speec
     # The stream cannot know where the file ends, so the last frames (whose windows reach the end) differ.
     comparable = [k for k in range(len(offline)) if clock.samples_needed(k) <= len(audio) - 800]
     assert len(comparable) > 60
-    assert sum(1 for k in comparable if not np.array_equal(offline[k], offline[0])) > 10  # the clip has talking
+    # The clip has talking (frames that are not the idle animation) and idle motion (frames that move).
+    assert sum(1 for k in comparable if not np.array_equal(offline[k], offline_renderer.idle_at(k))) > 10
+    assert sum(1 for k in comparable if not np.array_equal(offline[k], offline[0])) > 0.9 * len(comparable)
     for k in comparable:
         assert np.array_equal(live_frames[k], offline[k]), f"frame {k} differs"
 

@@ -35,10 +35,12 @@ def decode(path: Path) -> list[np.ndarray]:
 
 def test_render_writes_the_right_frames_with_sound(installed_random_model, astronaut_png, speech_wav, tmp_path):
     out = tmp_path / "talk.mp4"
+    # --idle off: silent frames must be the still photo, and only the mouth may move.
     done = run_cli("render", "--photo", str(astronaut_png), "--audio", str(speech_wav), "--output", str(out),
-                   "--fps", "25", "--size", "640x360", "--no-progress")
+                   "--fps", "25", "--size", "640x360", "--no-progress", "--idle", "off")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+    assert "wav2lip engine" in done.stdout and "Lite engine" not in done.stderr
 
     duration = soundfile.info(speech_wav).duration
     frames = decode(out)
@@ -62,13 +64,32 @@ def test_render_writes_the_right_frames_with_sound(installed_random_model, astro
     assert max(np.abs(f.astype(int) - frames[0])[outside].mean() for f in frames) < 1.0
 
 
-def test_commands_without_weights_say_how_to_get_them(astronaut_png, speech_wav, tmp_path):
-    for args in (["render", "--photo", str(astronaut_png), "--audio", str(speech_wav), "-o", str(tmp_path / "x.mp4")],
-                 ["run", "--photo", str(astronaut_png), "--no-camera", "--seconds", "1"]):
+def test_commands_without_weights_use_the_lite_engine_and_say_so(astronaut_png, speech_wav, tmp_path):
+    """A fresh install has no Wav2Lip weights: the camera and the renderer work anyway, with the lite engine."""
+    out = tmp_path / "x.mp4"
+    for args in (["render", "--photo", str(astronaut_png), "--audio", str(speech_wav), "-o", str(out), "--no-progress"],
+                 ["run", "--photo", str(astronaut_png), "--no-camera", "--seconds", "2", "--audio-file", str(speech_wav)]):
         done = run_cli(*args)
-        assert done.returncode == 2, done.stderr
-        assert "not installed" in done.stderr and "avatar-cam models fetch" in done.stderr
+        assert done.returncode == 0, done.stderr
+        assert "using the Lite engine" in done.stderr and "avatar-cam models fetch" in done.stderr
         assert "Traceback" not in done.stderr
+    assert "(lite engine)" in done.stderr  # run's summary names the engine that ran
+    frames = decode(out)
+    assert abs(len(frames) - math.ceil(soundfile.info(speech_wav).duration * 25)) <= 1
+    # The lite engine moves the mouth while she speaks.
+    region = Compositor(Portrait.load(astronaut_png), OutputFormat()).layout
+    y0, y1 = int(region.mouth_y - 20), int(region.chin_y)
+    x0, x1 = int(region.mouth_x - region.mouth_half_width), int(region.mouth_x + region.mouth_half_width)
+    change = [np.abs(f[y0:y1, x0:x1].astype(int) - frames[0][y0:y1, x0:x1]).mean() for f in frames]
+    assert max(change[40:-40]) > 8 * max(max(change[:5]), 0.5)
+
+
+def test_asking_for_wav2lip_without_weights_says_how_to_get_them(astronaut_png, speech_wav, tmp_path):
+    done = run_cli("render", "--engine", "wav2lip", "--photo", str(astronaut_png), "--audio", str(speech_wav),
+                   "-o", str(tmp_path / "x.mp4"))
+    assert done.returncode == 2, done.stderr
+    assert "not installed" in done.stderr and "avatar-cam models fetch" in done.stderr and "--engine lite" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "x.mp4").exists()
 
 
