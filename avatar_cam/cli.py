@@ -32,15 +32,18 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, models_cli, run_cli
+    from . import bench, ctl_cli, daemon, demo, models_cli, run_cli
 
     parser = argparse.ArgumentParser(prog="avatar-cam", description="A lip-synced virtual webcam from one portrait photo.")
     parser.add_argument("--version", action="version", version=f"avatar-cam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages (they always go to the log file)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_cli.register(sub)
+    demo.register(sub)
     models_cli.register(sub)
     bench.register(sub)
+    ctl_cli.register(sub)
+    daemon.register(sub)
     return parser
 
 
@@ -48,11 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    if not getattr(args, "func", None):
+    func = getattr(args, "func", None)
+    if func is None and args.command is None:  # `avatar-cam` alone: the tray daemon
+        from . import daemon
+
+        func = daemon.main
+    if func is None:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except AvatarCamError as exc:
         log.debug("failed", exc_info=True)
         print(f"avatar-cam: {exc}", file=sys.stderr)

@@ -142,17 +142,21 @@ class Controller:
         from .pipeline import LivePipeline
         from .sinks import VirtualCameraSink
 
+        if self.running:
+            return self.status()
+        # Loading a model can take seconds: build outside the lock so status() keeps answering meanwhile.
+        try:
+            renderer, fmt, clock = self._build_renderer(self._current_photo())
+        except Exception as exc:
+            return self._fail_start(exc)
         with self._lock:
             if self.running:
                 return self.status()
             try:
-                renderer, fmt, clock = self._build_renderer(self._current_photo())
                 camera = VirtualCameraSink(fmt.width, fmt.height, clock.fps, backend=self.settings.camera_backend,
                                            device=self.settings.camera_device)
-            except AvatarCamError as exc:
-                self.error = str(exc).splitlines()[0]
-                self._changed()
-                raise
+            except Exception as exc:
+                return self._fail_start(exc)
             ring = AudioRing()
             self._renderer, self._camera, self._ring = renderer, camera, ring
             self._pipeline = LivePipeline(renderer, [camera, *self._extra_sinks], ring, clock)
@@ -169,6 +173,15 @@ class Controller:
             self._save()
         self._changed()
         return self.status()
+
+    def _fail_start(self, exc: Exception) -> Status:
+        """Report why the camera could not start; expected failures are re-raised for the caller to show."""
+        if not isinstance(exc, AvatarCamError):
+            log.exception("the camera could not start")
+            exc = AvatarCamError(f"the camera could not start: {exc}", hint="see the log (tray: Open log)")
+        self.error = str(exc).splitlines()[0]
+        self._changed()
+        raise exc
 
     def _run_pipeline(self) -> None:
         pipeline = self._pipeline
