@@ -306,14 +306,22 @@ class Controller:
         return self.status()
 
     def update_settings(self, **changes) -> Status:
-        """Change output settings (size, fps, mirror, fit, device...); the camera reopens if it must."""
+        """Change settings; idle motion switches between frames, output size/fps/engine changes reopen the camera."""
+        from .idle_motion import IdleSettings
+
         with self._lock:
             for key, value in changes.items():
-                if not hasattr(self.settings, key):
+                if not hasattr(self.settings, key) or key == "notices":
                     raise AvatarCamError(f"unknown setting {key!r}")
                 setattr(self.settings, key, value)
             self._save()
-            restart = self.running
+            live_only = set(changes) <= {"idle_blinks", "idle_head_motion", "idle_breathing", "virtual_mic_offset_ms",
+                                         "start_at_login"}
+            restart = self.running and not live_only
+            if self.running and live_only and self._renderer is not None:
+                s, renderer = self.settings, self._renderer
+                idle = IdleSettings(s.idle_blinks, s.idle_head_motion, s.idle_breathing)
+                self._pipeline.call_between_frames(lambda: renderer.set_idle(idle))
         if restart:
             self.stop()
             self.start()
@@ -335,6 +343,7 @@ class Controller:
         from .compositor import OutputFormat
         from .engines import make_lipsync
         from .frame_clock import FrameClock
+        from .idle_motion import IdleSettings
         from .portrait import Portrait
         from .renderer import FrameRenderer
 
@@ -343,4 +352,5 @@ class Controller:
         clock = FrameClock(s.fps, s.lookahead_ms / 1000.0)
         portrait = Portrait.load(photo, face_box=tuple(s.face_box) if s.face_box else None)
         lipsync = make_lipsync(s.engine, s.device, s.precision)
-        return FrameRenderer(lipsync, portrait, fmt, clock), fmt, clock
+        idle = IdleSettings(s.idle_blinks, s.idle_head_motion, s.idle_breathing)
+        return FrameRenderer(lipsync, portrait, fmt, clock, idle=idle), fmt, clock

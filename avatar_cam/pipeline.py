@@ -78,6 +78,7 @@ class LivePipeline:
         self._cols = MelColumns()
         self._consumed = 0
         self.next_frame = 0
+        self._idle_index = 0  # frame counter for idle motion while no audio arrives
 
     # --- control, from any thread -------------------------------------------------------------
     def stop(self) -> None:
@@ -132,8 +133,12 @@ class LivePipeline:
         if now - last_emit >= 1.0 / self.clock.fps:
             if not self.audio_stalled:
                 log.warning("no audio for %.0f ms: showing the idle face until it returns", 1000 * self.stall_s)
+                self._idle_index = self.next_frame
             self.audio_stalled = True
-            self._emit(self.renderer.idle_frame.copy(), FrameRecord(-1, -1.0, None, now, now, 0.0, False))
+            # Idle life goes on (blinks, sway) so a stalled microphone never looks like a frozen camera.
+            frame = self.renderer.idle_frame.copy() if self.paused else self.renderer.idle_at(self._idle_index)
+            self._idle_index += 1
+            self._emit(frame, FrameRecord(-1, -1.0, None, now, now, 0.0, False))
             return now
         return last_emit
 

@@ -194,6 +194,8 @@ class FrameRenderer:
         """One frame from its mel window (80,16) and the audio that window covers."""
         alpha = self.gate.update(audio)
         info = FrameInfo(index, self.clock.audio_time(index), 0.0 if paused else alpha, False)
+        if paused:  # Pause freezes the picture on the still photo: no mouth, no blinks
+            return self.compositor.idle_frame.copy(), info
         if info.alpha <= 0.0:
             return self._draw(index, None, 0.0), info
         mouth = self._engine(mel_win[None, None])[0]
