@@ -32,7 +32,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, ctl_cli, daemon, demo, models_cli, run_cli
+    from . import bench, ctl_cli, daemon, demo, doctor, models_cli, run_cli
 
     parser = argparse.ArgumentParser(prog="avatar-cam", description="A lip-synced virtual webcam from one portrait photo.")
     parser.add_argument("--version", action="version", version=f"avatar-cam {__version__}")
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     ctl_cli.register(sub)
     daemon.register(sub)
+    doctor.register(sub)
     return parser
 
 
