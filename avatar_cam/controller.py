@@ -81,7 +81,14 @@ class Controller:
         self._ring = None
         self._renderer = None
         self._extra_sinks: list = []
-        self.error: str | None = None
+        self.error: str | None = None  # a fault from a command or the start; the watchdog's faults are below
+        self._health: threading.Thread | None = None
+        self._health_stop = threading.Event()
+        self._mic_fault: str | None = None  # set and cleared by the watchdog (under the lock)
+        self._mic_retry_at = 0.0
+        self._mic_opened_at = 0.0
+        self._mic_seen = (0, 0.0)  # (ring total, monotonic time it last grew)
+        self._last_portrait = None  # the photo shown when the camera last stopped: a restart survives its file going away
 
     # --- observers ----------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Status], None]) -> None:
@@ -120,7 +127,8 @@ class Controller:
                     p95 = float(np.percentile(lat, 95)) * 1000 if lat else None
                 talking = any(r.alpha > 0 for r in recent[-15:])
                 state = "paused" if pipeline.paused else "live" if talking else "silent"
-            if self.error:
+            error = self.error or self._camera_fault() or self._mic_fault
+            if error:
                 state = "error"
             lipsync = self._renderer.lipsync if self._renderer is not None else None
             return Status(
@@ -132,7 +140,7 @@ class Controller:
                 camera=getattr(self._camera, "device", None),
                 fps=round(fps, 1),
                 latency_ms_p95=round(p95, 1) if p95 is not None else None,
-                error=self.error,
+                error=error,
             )
 
     # --- commands --------------------------------------------------------------------------------
@@ -140,21 +148,31 @@ class Controller:
         """Open the camera and the microphone and start drawing frames."""
         from .audio_source import AudioError, AudioRing, MicrophoneSource
         from .pipeline import LivePipeline
-        from .sinks import VirtualCameraSink
+        from .sinks import CameraError, ReconnectingCamera, VirtualCameraSink
 
         if self.running:
             return self.status()
         # Loading a model can take seconds: build outside the lock so status() keeps answering meanwhile.
         try:
-            renderer, fmt, clock = self._build_renderer(self._current_photo())
+            portrait, photo_note = self._portrait_for_start()
+            renderer, fmt, clock = self._build_renderer(portrait)
         except Exception as exc:
             return self._fail_start(exc)
         with self._lock:
             if self.running:
                 return self.status()
+            backend, device = self.settings.camera_backend, self.settings.camera_device
+
+            def open_camera() -> VirtualCameraSink:
+                return VirtualCameraSink(fmt.width, fmt.height, clock.fps, backend=backend, device=device)
+
             try:
-                camera = VirtualCameraSink(fmt.width, fmt.height, clock.fps, backend=self.settings.camera_backend,
-                                           device=self.settings.camera_device)
+                camera = ReconnectingCamera(open_camera, camera=open_camera())
+            except CameraError as exc:
+                if str(exc).startswith("unknown virtual camera backend"):  # a setting to fix, not a device to wait for
+                    return self._fail_start(exc)
+                # Missing or busy (v4l2loopback not loaded yet, OBS holding it): run anyway and keep trying.
+                camera = ReconnectingCamera(open_camera, error=f"{str(exc).splitlines()[0]} (retrying in 1 s)")
             except Exception as exc:
                 return self._fail_start(exc)
             ring = AudioRing()
@@ -162,13 +180,18 @@ class Controller:
             self._pipeline = LivePipeline(renderer, [camera, *self._extra_sinks], ring, clock)
             self._thread = threading.Thread(target=self._run_pipeline, name="frames", daemon=True)
             self._thread.start()
-            self.error = None
+            self.error, self._mic_fault = photo_note, None
             mic = MicrophoneSource(ring, device=self.settings.mic)
+            now = time.monotonic()
+            self._mic_opened_at, self._mic_seen, self._mic_retry_at = now, (0, now), now + self.MIC_RETRY_S
             try:
                 mic.start()
                 self._mic = mic
-            except AudioError as exc:  # the camera keeps showing the idle face; the user can pick another mic
-                self.error = f"microphone: {str(exc).splitlines()[0]}"
+            except AudioError as exc:  # the camera keeps showing the idle face; the watchdog keeps trying
+                self._mic_fault = f"microphone: {str(exc).splitlines()[0]}"
+            self._health_stop = threading.Event()
+            self._health = threading.Thread(target=self._watch, args=(self._health_stop,), name="health", daemon=True)
+            self._health.start()
             self.settings.camera_on = True
             self._save()
         self._changed()
@@ -194,8 +217,14 @@ class Controller:
 
     def stop(self) -> Status:
         """Close the camera and release the microphone."""
+        self._health_stop.set()  # first, without the lock: the watchdog may be waiting for it
+        health, self._health = self._health, None
+        if health is not None and health is not threading.current_thread():
+            health.join(timeout=5)
         with self._lock:
             pipeline, thread, mic, camera = self._pipeline, self._thread, self._mic, self._camera
+            if self._renderer is not None:
+                self._last_portrait = self._renderer.compositor.portrait
             self._pipeline = self._thread = self._mic = self._camera = self._renderer = self._ring = None
             if pipeline is not None:
                 pipeline.stop()
@@ -205,7 +234,7 @@ class Controller:
                 mic.stop()
             if camera is not None:
                 camera.close()
-            self.error = None
+            self.error = self._mic_fault = None
             self.settings.camera_on = False
             self._save()
         self._changed()
@@ -279,6 +308,8 @@ class Controller:
                         self._mic = old
                     raise
                 self._mic = new
+                now = time.monotonic()
+                self._mic_opened_at, self._mic_seen, self._mic_fault = now, (self._ring.total, now), None
                 if self.error and self.error.startswith("microphone"):
                     self.error = None
             self.settings.mic = name
@@ -329,6 +360,91 @@ class Controller:
             self._changed()
         return self.status()
 
+    # --- the watchdog: faults while running --------------------------------------------------------
+    WATCH_S = 0.25  # how often the watchdog looks
+    MIC_RETRY_S = 0.75  # between reopen attempts of a lost microphone
+    MIC_STALL_S = 1.0  # a "running" microphone that delivers nothing for this long is lost
+    MIC_OPEN_GRACE_S = 3.0  # a freshly opened stream may take this long to deliver (PulseAudio after a restart: ~2 s)
+
+    def _watch(self, stop: threading.Event) -> None:
+        """The "health" thread: reopens a lost microphone and reports camera faults, until `stop` is set.
+
+        Opening a stream can block on a sound server that is half there, so it happens outside the lock:
+        `status()` and the other commands keep answering meanwhile.
+        """
+        last = None
+        while not stop.wait(self.WATCH_S):
+            with self._lock:
+                if stop.is_set() or self._pipeline is None:
+                    return
+                lost = self._lost_mic(time.monotonic())
+            if lost is not None:
+                try:
+                    self._reopen_mic(stop, *lost)
+                except Exception:  # noqa: BLE001  (the watchdog itself must never die)
+                    log.exception("reopening the microphone failed")
+            with self._lock:
+                seen = (self.error, self._camera_fault(), self._mic_fault)
+            if seen != last:
+                last = seen
+                self._changed()
+
+    def _camera_fault(self) -> str | None:
+        why = getattr(self._camera, "error", None)
+        return f"virtual camera unavailable: {why}" if why else None
+
+    def _lost_mic(self, now: float):
+        """Under the lock: is the microphone lost (stream error, or nothing from a "running" stream)?
+
+        Returns (ring, detached old source or None) when it is time to reopen it, else None.
+        """
+        ring, mic = self._ring, self._mic
+        if ring is None:
+            return None
+        total = ring.total
+        if total != self._mic_seen[0]:
+            self._mic_seen = (total, now)
+        if mic is None:
+            problem = self._mic_fault or "microphone lost"
+        elif mic.status.startswith("error"):
+            problem = mic.status.removeprefix("error: ")
+        elif now - max(self._mic_seen[1], self._mic_opened_at + self.MIC_OPEN_GRACE_S - self.MIC_STALL_S) > self.MIC_STALL_S:
+            problem = f"no sound from it for {now - self._mic_seen[1]:.0f} s"
+        else:
+            if self._mic_fault and self._mic_seen[1] > self._mic_opened_at:
+                log.info("the microphone is back")
+                self._mic_fault = None
+            return None
+        if not self._mic_fault:  # just lost
+            log.warning("microphone lost (%s): reconnecting", problem)
+            self._mic_fault = f"microphone lost: reconnecting ({problem})"
+        if now < self._mic_retry_at:
+            return None
+        self._mic_retry_at = now + self.MIC_RETRY_S
+        self._mic = None
+        return ring, mic
+
+    def _reopen_mic(self, stop: threading.Event, ring, old) -> None:
+        from .audio_source import AudioError, MicrophoneSource
+
+        if old is not None:
+            old.stop()
+        new = MicrophoneSource(ring, device=self.settings.mic)
+        try:
+            new.start()
+        except AudioError as exc:
+            with self._lock:
+                if not stop.is_set() and self._ring is ring and self._mic is None \
+                        and not (self._mic_fault or "").startswith("microphone: "):  # keep the start's own message
+                    self._mic_fault = f"microphone lost: reconnecting ({str(exc).splitlines()[0]})"
+            return
+        with self._lock:
+            if stop.is_set() or self._ring is not ring or self._mic is not None:  # stopped, or set_mic won meanwhile
+                new.stop()
+                return
+            now = time.monotonic()
+            self._mic, self._mic_opened_at, self._mic_seen = new, now, (ring.total, now)
+
     # --- helpers ---------------------------------------------------------------------------------
     def _current_photo(self) -> Path:
         if self.settings.photo and Path(self.settings.photo).is_file():
@@ -339,18 +455,26 @@ class Controller:
             return library[0]
         raise AvatarCamError("no photo chosen yet", hint="add one from the tray (Photo > Add photo...) or: avatar-cam ctl photo PATH")
 
-    def _build_renderer(self, photo: Path):
+    def _portrait_for_start(self):
+        """The photo to start with, and a note for the status when it is one whose file has gone away."""
+        from .portrait import Portrait
+
+        s, kept = self.settings, self._last_portrait
+        if s.photo and not Path(s.photo).is_file() and kept is not None and Path(str(kept.path)) == Path(s.photo):
+            return kept, (f"photo {Path(s.photo).name} is gone (deleted or moved): still showing it from memory; "
+                          "choose another photo (tray: Photo, or avatar-cam ctl photo PATH)")
+        return Portrait.load(self._current_photo(), face_box=tuple(s.face_box) if s.face_box else None), None
+
+    def _build_renderer(self, portrait):
         from .compositor import OutputFormat
         from .engines import make_lipsync
         from .frame_clock import FrameClock
         from .idle_motion import IdleSettings
-        from .portrait import Portrait
         from .renderer import FrameRenderer
 
         s = self.settings
         fmt = OutputFormat(s.width, s.height, s.fit, s.mirror)
         clock = FrameClock(s.fps, s.lookahead_ms / 1000.0)
-        portrait = Portrait.load(photo, face_box=tuple(s.face_box) if s.face_box else None)
         lipsync = make_lipsync(s.engine, s.device, s.precision)
         idle = IdleSettings(s.idle_blinks, s.idle_head_motion, s.idle_breathing)
         return FrameRenderer(lipsync, portrait, fmt, clock, idle=idle), fmt, clock

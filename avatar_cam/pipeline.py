@@ -28,7 +28,7 @@ from .renderer import FrameRenderer, MelColumns
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: up to `PipelineStats.keep` of these live at once in a long call
 class FrameRecord:
     """What every emitted frame showed and when: the raw material of latency and sync measurements."""
 
@@ -49,7 +49,9 @@ class FrameRecord:
 @dataclass
 class PipelineStats:
     records: list[FrameRecord] = field(default_factory=list)
-    keep: int = 100_000  # bound memory on long calls
+    # Bound memory on long calls: 20k records (~11 min at 30 fps, ~4 MB); the oldest 10 % go when full.
+    # Whole-run figures for longer runs are kept by their own meters (see soak.py), not from this list.
+    keep: int = 20_000
 
     def add(self, rec: FrameRecord) -> None:
         self.records.append(rec)
@@ -79,6 +81,8 @@ class LivePipeline:
         self._consumed = 0
         self.next_frame = 0
         self._idle_index = 0  # frame counter for idle motion while no audio arrives
+        self.sink_errors: dict[str, str] = {}  # sink class name -> its last send failure (frame thread writes)
+        self._sink_failures: dict[str, int] = {}
 
     # --- control, from any thread -------------------------------------------------------------
     def stop(self) -> None:
@@ -121,11 +125,21 @@ class LivePipeline:
 
     def _emit(self, frame: np.ndarray, rec: FrameRecord) -> None:
         for sink in self.sinks:
-            sink.send(frame)
+            try:
+                sink.send(frame)
+            except Exception as exc:  # noqa: BLE001  (one broken sink must not freeze the others or kill this thread)
+                self._sink_failed(sink, exc)
         rec.emitted = time.monotonic()
         self.stats.add(rec)
         if self.on_frame is not None:
             self.on_frame(frame, rec)
+
+    def _sink_failed(self, sink, exc: Exception) -> None:
+        name = type(sink).__name__
+        self.sink_errors[name] = f"{name}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        if self._sink_failures.get(name, 0) % 300 == 0:  # log the first failure, then one in 300 (every ~10 s)
+            log.warning("a sink failed: %s", self.sink_errors[name])
+        self._sink_failures[name] = self._sink_failures.get(name, 0) + 1
 
     def _keep_alive(self, last_emit: float) -> float:
         """No audio: show the idle face at the frame rate so the camera never freezes."""
