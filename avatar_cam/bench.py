@@ -41,6 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--json", action="store_true", help="print JSON instead of a table")
     live.set_defaults(func=run_live_bench)
 
+    from . import soak
+
+    soak.register(kinds)
+
+    from . import av_sync
+
+    av_sync.register(kinds)
+
 
 def _checkpoint_for_bench(explicit: Path | None, workdir: Path) -> tuple[Path, str]:
     from .errors import ModelNotInstalledError
