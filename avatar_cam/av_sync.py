@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio_source import SAMPLE_RATE, AudioRing
+from .bench import _CountingCamera
 
 TAPS = 48  # windowed-sinc interpolation length (input samples)
 QUIET_PEAK = 10 ** (-50 / 20)  # below this (peak, -50 dBFS) a re-alignment cannot be heard
@@ -454,26 +455,21 @@ def _slope(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------------- the bench
 
 
-class _TimedCamera:
+class _TimedCamera(_CountingCamera):
     """A pyvirtualcam backend that notes when each frame was sent: the bench measures our side, not a driver."""
 
     last: _TimedCamera | None = None
 
     def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        super().__init__(width=width, height=height, fps=fps, fourcc=fourcc, device=device)
         self.times: list[float] = []
         _TimedCamera.last = self
 
     def send(self, frame) -> None:
         self.times.append(time.monotonic())
 
-    def close(self) -> None:
-        pass
-
     def device(self) -> str:
         return "av-sync-bench"
-
-    def native_fourcc(self):
-        return None
 
 
 def register(kinds) -> None:

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -295,7 +296,7 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
         source = FileSource(speech, ring, realtime=True)
         proc = psutil.Process()
         cpu0, t0 = proc.cpu_times(), time.monotonic()
-        timer = __import__("threading").Timer(seconds, pipeline.stop)
+        timer = threading.Timer(seconds, pipeline.stop)
         source.start()
         timer.start()
         try:
