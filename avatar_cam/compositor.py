@@ -17,6 +17,7 @@ import numpy as np
 
 from .face_layout import FaceLayout, locate
 from .portrait import Portrait
+from .wav2lip_arch import MOUTH_FIRST_ROW
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def lower_face_mask(h: int, w: int) -> np.ndarray:
-    """Blend weights over the face box: 1 on the mouth and jaw, 0 above the nose and at the box edges.
+    """Blend weights over the face box: 1 on the mouth and jaw, 0 in the upper half and at the box edges.
 
-    Wav2Lip redraws the lower half of its crop; blending only that part, feathered, hides the square.
+    Wav2Lip redraws the lower half of its crop; blending only that half, feathered, hides the square, and lets
+    the engine skip the upper half (`MOUTH_FIRST_ROW`): at any box height, scaling the 96 rows to `h` reads
+    nothing above row 47 for the rows kept here.
     """
     mask = np.zeros((h, w), np.float32)
     # An ellipse over the lower face: from just under the nose to the chin, most of the box's width.
@@ -54,8 +57,17 @@ def lower_face_mask(h: int, w: int) -> np.ndarray:
     cv2.ellipse(mask, center, axes, 0, 0, 360, 1.0, thickness=-1)
     feather = max(3, int(0.08 * min(h, w))) | 1
     mask = cv2.GaussianBlur(mask, (feather * 2 + 1, feather * 2 + 1), 0)
-    mask[: h // 2] *= np.linspace(0, 1, h // 2, dtype=np.float32)[:, None] ** 2  # never above mid-face
+    # Nothing above mid-face; from there a smooth ramp over a tenth of the box, and another to 0 at its bottom
+    # edge (under the chin), so no edge of the box shows.
+    y = np.arange(h, dtype=np.float32)
+    top = np.clip((y - h // 2) / max(2, h // 10), 0.0, 1.0)
+    bottom = np.clip((h - 1 - y) / max(2, h // 10), 0.0, 1.0)
+    mask *= (_smoothstep(top) * _smoothstep(bottom))[:, None]
     return mask
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    return t * t * (3 - 2 * t)
 
 
 class Compositor:
@@ -88,8 +100,8 @@ class Compositor:
             self.canvas = cv2.flip(self.canvas, 1)
         self.idle_frame = self.canvas
         self._orig_roi = self._crop_roi(self.canvas_unmirrored()).astype(np.float32)
-        w = self._mask
-        self._orig_mean = (self._orig_roi * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
+        self._mask_sq = self._mask * self._mask
+        self._mask_sq_sum = max(float(self._mask_sq.sum()), 1e-6)
 
     def canvas_unmirrored(self) -> np.ndarray:
         return self._unmirrored
@@ -117,7 +129,7 @@ class Compositor:
         return full[:, ::-1] if self.fmt.mirror else full
 
     def compose(self, lower_face: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-        """lower_face: (3,96,96) float BGR in [0,1] from the engine; alpha: 0 = idle photo, 1 = generated mouth."""
+        """lower_face: (3,R,96) float BGR in [0,1] from the engine (see `paste`); alpha: 0 = idle photo, 1 = mouth."""
         if alpha <= 0.0 or not self._visible:
             return self.idle_frame.copy()
         return self.finish(self.paste(self.start(), lower_face, alpha))
@@ -131,17 +143,25 @@ class Compositor:
         return cv2.flip(out, 1) if self.fmt.mirror else out
 
     def paste(self, out: np.ndarray, lower_face: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-        """Blend a generated lower face into `out` (an unmirrored canvas from `start`), in place."""
+        """Blend a generated lower face into `out` (an unmirrored canvas from `start`), in place.
+
+        lower_face: (3, R, 96), the bottom R >= 49 rows of the 96x96 face crop (all 96 from a full network).
+        """
         if alpha <= 0.0 or not self._visible:
             return out
+        rows = lower_face.shape[1]
+        if rows < 96 - MOUTH_FIRST_ROW:
+            raise ValueError(f"the blend needs rows {MOUTH_FIRST_ROW}..95 of the face, got only the last {rows}")
         x0, y0, x1, y1 = self._box
-        face = np.clip(lower_face.transpose(1, 2, 0) * 255.0, 0, 255).astype(np.float32)
+        face = np.zeros((96, 96, 3), np.float32)  # rows above the blend stay 0; the mask never reads them
+        face[96 - rows :] = np.clip(lower_face.transpose(1, 2, 0) * 255.0, 0, 255)
         gen = cv2.resize(face, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         rx0, ry0, rx1, ry1 = self._roi
         gen = gen[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
-        # Match colour: shift the generated patch so its mean under the mask equals the photo's.
+        # Match colour: shift the generated patch so that the blended frame's mean under the mask stays the
+        # photo's. The blend adds w * (gen - photo), so weighted by w the shift must cancel the w^2-weighted mean.
         w = self._mask
-        gen += self._orig_mean - (gen * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
+        gen += ((self._orig_roi - gen) * self._mask_sq).sum(axis=(0, 1)) / self._mask_sq_sum
         weight = w * float(min(alpha, 1.0))
         patch = self._orig_roi + (gen - self._orig_roi) * weight
         out[ry0:ry1, rx0:rx1] = np.clip(patch + 0.5, 0, 255).astype(np.uint8)

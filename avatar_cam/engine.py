@@ -10,12 +10,14 @@ inference thread); create a second engine for a second thread.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +27,14 @@ import openvino as ov
 from . import paths
 from .checkpoint import CHECKPOINT_HINT, load_checkpoint
 from .errors import CheckpointError, EngineError
+from .wav2lip_arch import MOUTH_FIRST_ROW
 from .wav2lip_graph import GRAPH_VERSION, build_face_encoder, build_generator
 
-PARTS = {"face_encoder": build_face_encoder, "generator": build_generator}
+
+def _parts(first_row: int) -> dict[str, Callable[[dict[str, np.ndarray]], ov.Model]]:
+    """The two networks we compile, by the name their IR files carry."""
+    return {"face_encoder": build_face_encoder,
+            f"generator-from{first_row}": functools.partial(build_generator, first_row=first_row)}
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +119,17 @@ class Wav2LipEngine:
     still portrait needs once) and the generator (audio encoder + decoder, run for every frame).
 
     `infer(mel, face)`: mel (B,1,80,16) float32, face (B,6,96,96) float32 BGR/255 (channels 0-2 the crop with
-    its lower half zeroed, 3-5 the reference crop) -> (B,3,96,96) float32 BGR in [0,1].
+    its lower half zeroed, 3-5 the reference crop) -> (B,3,96-first_row,96) float32 BGR in [0,1]: rows
+    [first_row, 96) of the generated face. By default only the rows the compositor blends (`MOUTH_FIRST_ROW`):
+    the same numbers as the published network's, for about 70% of its work; `first_row=0` gives the whole face.
     `encode_face(face)` + `infer_encoded(mel, features)`: the same result, with the face work done once.
     """
 
-    def __init__(self, compiled: dict[str, ov.CompiledModel], report: LoadReport):
+    def __init__(self, compiled: dict[str, ov.CompiledModel], report: LoadReport, first_row: int = 0):
         self._encoder = compiled["face_encoder"].create_infer_request()
-        self._generator = compiled["generator"].create_infer_request()
+        self._generator = compiled[f"generator-from{first_row}"].create_infer_request()
         self.report = report
+        self.first_row = first_row
 
     @property
     def device(self) -> str:
@@ -131,7 +141,8 @@ class Wav2LipEngine:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "CPU", precision: str = "f32", cache_dir: str | Path | None = None
+        cls, path: str | Path, device: str = "CPU", precision: str = "f32", cache_dir: str | Path | None = None,
+        first_row: int = MOUTH_FIRST_ROW,
     ) -> Wav2LipEngine:
         """Load a Wav2Lip checkpoint (`wav2lip.pth` / `wav2lip_gan.pth`), converting it once and caching the result."""
         path = Path(path)
@@ -141,10 +152,12 @@ class Wav2LipEngine:
         if not path.is_file():
             raise CheckpointError(f"no checkpoint at {path}", hint=CHECKPOINT_HINT)
         key = _ir_key(path)
-        xmls = {part: cache / "ir" / f"wav2lip-{key}-{part}.xml" for part in PARTS}
+        parts = _parts(first_row)
+        xmls = {part: cache / "ir" / f"wav2lip-{key}-{part}.xml" for part in parts}
         if all(x.exists() and x.with_suffix(".bin").exists() for x in xmls.values()):
             try:
-                return cls._compile(core, {p: str(x) for p, x in xmls.items()}, device, precision, LoadReport(ir_cached=True))
+                return cls._compile(core, {p: str(x) for p, x in xmls.items()}, device, precision,
+                                    LoadReport(ir_cached=True), first_row)
             except EngineError as exc:
                 # A damaged IR or compiled-model cache must not stop the camera: drop both and convert again.
                 log.warning("%s; rebuilding it from the checkpoint", exc)
@@ -159,29 +172,31 @@ class Wav2LipEngine:
         report.read_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         models: dict[str, ov.Model | str] = {}
-        for part, build in PARTS.items():
+        for part, build in parts.items():
             models[part] = build(weights)
             _save_ir_atomically(models[part], xmls[part])
             # Compile from the saved file when we have it: that is what the compiled-model cache keys on.
             if xmls[part].exists():
                 models[part] = str(xmls[part])
         report.convert_s = time.perf_counter() - t0
-        return cls._compile(core, models, device, precision, report)
+        return cls._compile(core, models, device, precision, report, first_row)
 
     @classmethod
-    def from_state_dict(cls, weights: dict[str, np.ndarray], device: str = "CPU", precision: str = "f32") -> Wav2LipEngine:
+    def from_state_dict(cls, weights: dict[str, np.ndarray], device: str = "CPU", precision: str = "f32",
+                        first_row: int = MOUTH_FIRST_ROW) -> Wav2LipEngine:
         """Build from weights already in memory (validated, float32); nothing is cached."""
         core = _core(None)
         _check_choice(device, precision, core)
         report = LoadReport()
         t0 = time.perf_counter()
-        models = {part: build(weights) for part, build in PARTS.items()}
+        models = {part: build(weights) for part, build in _parts(first_row).items()}
         report.convert_s = time.perf_counter() - t0
-        return cls._compile(core, models, device, precision, report)
+        return cls._compile(core, models, device, precision, report, first_row)
 
     @classmethod
     def _compile(
-        cls, core: ov.Core, models: dict[str, ov.Model | str], device: str, precision: str, report: LoadReport
+        cls, core: ov.Core, models: dict[str, ov.Model | str], device: str, precision: str, report: LoadReport,
+        first_row: int,
     ) -> Wav2LipEngine:
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if device != "AUTO":
@@ -197,7 +212,7 @@ class Wav2LipEngine:
                 if isinstance(model, str):
                     raise EngineError(f"OpenVINO could not load the cached model {model} ({first_line})") from None
                 raise EngineError(f"OpenVINO could not compile Wav2Lip for {device}: {first_line}") from None
-        generator = compiled["generator"]
+        generator = compiled[f"generator-from{first_row}"]
         report.compile_s = time.perf_counter() - t0
         try:
             report.device = ",".join(generator.get_property("EXECUTION_DEVICES"))
@@ -215,7 +230,7 @@ class Wav2LipEngine:
             report.device, report.precision, "cached" if report.ir_cached else "built", report.compile_s,
             "; " + "; ".join(report.notes) if report.notes else "",
         )
-        return cls(compiled, report)
+        return cls(compiled, report, first_row)
 
     def encode_face(self, face: np.ndarray) -> list[np.ndarray]:
         """face (B,6,96,96) -> the seven skip-connection feature maps; B=1 serves any batch in `infer_encoded`."""

@@ -30,7 +30,8 @@ class LipSync(Protocol):
     def set_face(self, portrait: Portrait) -> None: ...
 
     def lower_faces(self, mels: np.ndarray) -> np.ndarray:
-        """mels (B,1,80,16) -> (B,3,96,96) BGR in [0,1]."""
+        """mels (B,1,80,16) -> (B,3,R,96) BGR in [0,1]: the bottom R rows of the 96x96 face crop (R >= 49, see
+        `Compositor.paste`); an engine may skip the rows above, which are never shown."""
         ...
 
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 BN_EPS = 1e-5
+
+# Wav2Lip redraws the lower half of its 96x96 crop (the upper half is given to it). The compositor blends only
+# that half, and scaling it up to the photo reads one row above it: the rows the product asks the generator for.
+MOUTH_FIRST_ROW = 47
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 

@@ -10,6 +10,7 @@ import torch
 
 from avatar_cam import Wav2LipEngine
 from avatar_cam.mel import melspectrogram
+from avatar_cam.wav2lip_arch import MOUTH_FIRST_ROW
 from wav2lip_reference import calibrated_reference
 
 TOLERANCE = 1e-4
@@ -58,7 +59,7 @@ def save_published(model: torch.nn.Module, path, *, module_prefix: bool, legacy:
 def test_openvino_matches_pytorch_on_real_face_and_speech(reference, speech_16k, astronaut_face_96, tmp_path, module_prefix, legacy):
     path = tmp_path / "wav2lip_gan.pth"
     save_published(reference, path, module_prefix=module_prefix, legacy=legacy)
-    engine = Wav2LipEngine.from_checkpoint(path, device="CPU", precision="f32", cache_dir=tmp_path / "cache")
+    engine = Wav2LipEngine.from_checkpoint(path, device="CPU", precision="f32", cache_dir=tmp_path / "cache", first_row=0)
     assert engine.precision == "f32"
 
     mels = mel_windows(speech_16k, 6)
@@ -72,6 +73,22 @@ def test_openvino_matches_pytorch_on_real_face_and_speech(reference, speech_16k,
     assert err < TOLERANCE
     # batch 1 goes through the same dynamic-batch graph
     assert np.abs(engine.infer(mels[:1], faces[:1]) - want[:1]).max() < TOLERANCE
+
+
+def test_the_products_engine_draws_the_mouth_rows_exactly_as_the_whole_network(reference, speech_16k, astronaut_face_96, tmp_path):
+    """The default engine computes only the rows the compositor blends; they must be the published network's."""
+    path = tmp_path / "wav2lip.pth"
+    save_published(reference, path, module_prefix=True)
+    engine = Wav2LipEngine.from_checkpoint(path, cache_dir=tmp_path / "cache")
+    assert engine.first_row == MOUTH_FIRST_ROW <= 47  # the lower half, and the row above it that scaling reads
+    mels, faces = mel_windows(speech_16k, 4), face_batch(astronaut_face_96, 4)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
+    got = engine.infer(mels, faces)
+    assert got.shape == (4, 3, 96 - MOUTH_FIRST_ROW, 96)
+    assert np.abs(got - want[:, :, MOUTH_FIRST_ROW:]).max() < TOLERANCE
+    features = engine.encode_face(faces[:1])  # one face for a batch of mels, as the live path does
+    np.testing.assert_allclose(engine.infer_encoded(mels, features)[:1], got[:1], atol=1e-6)
 
 
 def test_random_weights_are_well_conditioned(reference, speech_16k, astronaut_face_96):
