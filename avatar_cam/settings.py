@@ -46,6 +46,7 @@ class Settings:
     lookahead_ms: float = 160.0
     camera_on: bool = True  # whether the camera runs when the daemon starts
     start_at_login: bool = False
+    preview: bool = False  # a window showing what the camera sends, while it runs
     virtual_mic: bool = False  # play the voice, delayed to match the lips, into "Avatar Cam Microphone"
     virtual_mic_offset_ms: float = 0.0
     idle_blinks: bool = True
