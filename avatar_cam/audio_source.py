@@ -203,6 +203,10 @@ class MicrophoneSource:
         self._stream, self._stopping = None, False
 
     def start(self) -> None:
+        with PORTAUDIO_LOCK:  # the device's index stays valid until its stream is open
+            self._open()
+
+    def _open(self) -> None:
         if self._stream is not None:
             return
         sd = _sounddevice()
@@ -302,7 +306,7 @@ def _sounddevice():
 
 
 def list_input_devices() -> list[dict]:
-    """Input devices as PortAudio sees them (it scans once, when sounddevice is first imported)."""
+    """Input devices as PortAudio sees them (it scans when it starts, and again on `rescan_devices`)."""
     sd = _sounddevice()
     try:
         default = sd.query_devices(kind="input")["index"]
@@ -329,6 +333,43 @@ def find_input_device(spec: str | int | None) -> int | None:
     if not found:
         raise AudioError(f"No microphone (input device) matches {spec!r}.", hint=_devices_hint(devices))
     return found[0]["index"]
+
+
+# Held while a stream opens and while PortAudio rescans: a rescan ends every stream, so none may open meanwhile.
+PORTAUDIO_LOCK = threading.RLock()
+
+_FRESH_INPUT_NAMES = ("import json, sounddevice as sd; "
+                      "print(json.dumps([d['name'] for d in sd.query_devices() if d['max_input_channels'] > 0]))")
+
+
+def fresh_input_device_names(timeout: float = 20.0) -> list[str] | None:
+    """Input device names as a new process sees them now; None if asking failed.
+
+    This process's PortAudio keeps the list it made when it started; asking a fresh one (a Python start,
+    ~0.3 s) leaves the streams open here alone."""
+    from .fresh_process import ask
+
+    names = ask(_FRESH_INPUT_NAMES, timeout)
+    return None if names is None else [str(n) for n in names]
+
+
+def names_input_device(spec: str | int, names: list[str]) -> bool:
+    """Whether `find_input_device(spec)` would pick one of `names` (by name: indexes differ between processes)."""
+    if isinstance(spec, int) or str(spec).strip().isdigit():
+        return False
+    wanted = str(spec).lower()
+    return any(wanted in n.lower() for n in names)
+
+
+def rescan_devices() -> None:
+    """Make PortAudio list the devices there are now (a microphone plugged in after it started).
+
+    PortAudio enumerates devices only when it initialises, and re-initialising it ends every stream this
+    process has open: the caller closes them first and reopens what it needs afterwards."""
+    sd = _sounddevice()
+    with PORTAUDIO_LOCK:
+        sd._terminate()
+        sd._initialize()
 
 
 def _devices_hint(devices: list[dict]) -> str:

@@ -38,7 +38,7 @@ import subprocess
 import threading
 import time
 
-from .audio_source import AudioRing, _sounddevice
+from .audio_source import PORTAUDIO_LOCK, AudioRing, _sounddevice
 from .av_sync import DelayedPlayout, MeasuredDelay
 from .errors import AvatarCamError
 
@@ -306,6 +306,12 @@ class VirtualMicrophone:
         self._closed = False
         self._fallback_lead = 0.03  # the stream's reported latency, once it is open
 
+    @classmethod
+    def for_clock(cls, ring: AudioRing, clock, offset_ms: float = 0.0) -> VirtualMicrophone:
+        """One for a pipeline on `clock` (a FrameClock): until frames are measured, the voice waits for the
+        lookahead plus ~40 ms (inference, compositing, frame phase)."""
+        return cls(ring, offset_ms, initial_delay_s=clock.lookahead_s + 0.04)
+
     # --- lifecycle, on the caller's thread -------------------------------------------------------------
     def start(self) -> VirtualMicrophone:
         with self._lock:
@@ -315,9 +321,10 @@ class VirtualMicrophone:
             atexit.register(self.close)
             self._exit_on_sigterm()
             try:
-                index, rate, channels = self._prepare_output()
-                self.playout = DelayedPlayout(self.ring, rate, lambda: self.delay.seconds)
-                self._open(index, rate, channels)
+                with PORTAUDIO_LOCK:  # the output's index stays valid until its stream is open
+                    index, rate, channels = self._prepare_output()
+                    self.playout = DelayedPlayout(self.ring, rate, lambda: self.delay.seconds)
+                    self._open(index, rate, channels)
             except BaseException:
                 self.close()
                 raise
@@ -327,6 +334,7 @@ class VirtualMicrophone:
         return self
 
     def _prepare_output(self) -> tuple[int, int, int]:
+        """(PortAudio index, rate, channels) of what we play into; on Linux, creates the devices first."""
         sd = _sounddevice()
         system = platform.system()
         if self.device is not None:
@@ -336,8 +344,9 @@ class VirtualMicrophone:
                 raise VirtualMicError(f"no output device matches {self.device!r}")
             info, self.call_app_device = matches[0], f"the microphone side of {matches[0]['name']!r}"
         elif system == "Linux":
-            self.devices = PulseDevices()
-            self.devices.create()
+            if self.devices is None:
+                self.devices = PulseDevices()
+                self.devices.create()
             self.call_app_device = DESCRIPTION
             return _pulse_output_index(), RATE, 1
         else:
@@ -364,6 +373,31 @@ class VirtualMicrophone:
         if self.devices is not None:
             self.devices.route(tag)
 
+    def reopen_stream(self, meanwhile) -> None:
+        """Close the output stream, run `meanwhile()` (a PortAudio rescan, which would end the stream anyway),
+        then open it again on the same devices. The voice pauses for that long; the playout re-aligns after."""
+        with self._lock:
+            if self._stream is None:
+                meanwhile()
+                return
+            self._close_stream()
+            try:
+                meanwhile()
+            finally:
+                try:
+                    with PORTAUDIO_LOCK:
+                        self._open(*self._prepare_output())
+                except VirtualMicError as exc:
+                    self.status_text = f"error: {exc}"
+                    raise
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.stop()
+            stream.close(ignore_errors=True)
+
     def close(self) -> None:
         """Stop playing, then remove the devices (in that order: a stream left on a removed sink would be moved
         to the user's speakers). Idempotent; safe from any thread and at exit."""
@@ -371,11 +405,7 @@ class VirtualMicrophone:
             if self._closed:
                 return
             self._closed = True
-            stream, self._stream = self._stream, None
-            if stream is not None:
-                with contextlib.suppress(Exception):
-                    stream.stop()
-                stream.close(ignore_errors=True)
+            self._close_stream()
             if self.devices is not None:
                 self.devices.remove()
             if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
@@ -419,6 +449,12 @@ class VirtualMicrophone:
     def observe_frame(self, frame, record) -> None:
         """`LivePipeline.on_frame`: every frame's measured latency steers the delay (frame thread)."""
         self.delay.observe(frame, record)
+
+    def frame_due(self, audio_time: float) -> float | None:
+        """`LivePipeline.pace`: when the voice at `audio_time` (input clock seconds) plays, so the frame showing
+        it leaves with it (frame thread; None while nothing plays yet)."""
+        playout = self.playout
+        return playout.play_time_of(audio_time * 16000) if playout is not None else None
 
     def set_offset_ms(self, offset_ms: float) -> None:
         """Manual correction on top of the measured delay (> 0 delays the voice more)."""
