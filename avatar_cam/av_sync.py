@@ -38,36 +38,42 @@ QUIET_PEAK = 10 ** (-50 / 20)  # below this (peak, -50 dBFS) a re-alignment cann
 
 
 class MeasuredDelay:
-    """How late our frames are: the p50 of recent frames' latency (sound heard -> frame sent), plus a manual offset.
+    """How long to hold the voice: nearly all frames must be drawn by the time the sound they show plays.
 
-    Only frames with a moving mouth count when there are some: idle frames skip inference and leave ~20 ms
-    earlier, and only the moving mouth shows whether voice and lips agree.
+    The delay is the p95 of recent frames' `lateness` (sound heard -> frame drawable, pacing aside) plus
+    `headroom_s`, plus the manual offset. Frames then leave when their sound plays (`LivePipeline.pace`), so the
+    few drawn later than that are the only ones off, and by little. Only frames with a moving mouth count when
+    there are some: idle frames skip inference and are ready earlier, and only the moving mouth shows whether
+    voice and lips agree.
     Threads: `observe` runs on the pipeline's frame thread (as `LivePipeline.on_frame`); `seconds` may be read
     from any thread (a float written in one step).
     """
 
-    def __init__(self, offset_ms: float = 0.0, initial_s: float = 0.2, window: int = 90):
+    def __init__(self, offset_ms: float = 0.0, initial_s: float = 0.2, window: int = 150,
+                 percentile: float = 95.0, headroom_s: float = 0.004):
         self.offset_ms = float(offset_ms)
-        self.p50_s = float(initial_s)
-        # Three seconds of frames: a steady target the playout can follow without audible slews.
+        self.measured_s = float(initial_s)
+        self.percentile = percentile
+        self.headroom_s = headroom_s
+        # Five seconds of frames: a steady target the playout can follow without audible slews.
         self._talking: deque[float] = deque(maxlen=window)
         self._any: deque[float] = deque(maxlen=window)
         self._seen = 0
 
     def observe(self, frame, record) -> None:
-        latency = record.latency
-        if record.index < 0 or latency is None:
+        lateness = record.lateness
+        if record.index < 0 or lateness is None:
             return
-        (self._talking if record.inferred else self._any).append(latency)
+        (self._talking if record.inferred else self._any).append(lateness)
         self._seen += 1
         if self._seen % 5 == 0:  # the percentile is cheap, but not free at 30 fps
             pool = self._talking if len(self._talking) >= 10 else self._any if len(self._any) >= 10 else None
             if pool is not None:
-                self.p50_s = float(np.median(pool))
+                self.measured_s = float(np.percentile(pool, self.percentile)) + self.headroom_s
 
     @property
     def seconds(self) -> float:
-        return max(0.0, self.p50_s + self.offset_ms / 1000.0)
+        return max(0.0, self.measured_s + self.offset_ms / 1000.0)
 
 
 class InputClock:
@@ -230,6 +236,9 @@ class DelayedPlayout:
         self._hold_left = 0  # output samples of silence still to play for a hold
         self.jumps = self.holds = self.underruns = 0
         self.last_error_s = 0.0
+        # (input position, the time it plays, input samples per second) after the last block played through:
+        # when any input sample will play. Replaced whole (one reference), so other threads read it safely.
+        self.anchor: tuple[float, float, float] | None = None
 
     # --- helpers -----------------------------------------------------------------------------------------
     def _interp(self, pos: float, count: int, step: float) -> np.ndarray:
@@ -344,7 +353,18 @@ class DelayedPlayout:
             if i < n:  # ran out of input inside this block
                 self.underruns += 1
                 self._fade_out(out, i)
+        self.anchor = (self.pos, play_time + n / self.out_rate, self.step * self.out_rate) if self._sounding else None
         return out
+
+    def play_time_of(self, sample: float, horizon_s: float = 1.0) -> float | None:
+        """When input `sample` will play (or played), from the last block; None while nothing plays steadily
+        or when it is more than `horizon_s` away from the play head. Safe from any thread."""
+        anchor = self.anchor
+        if anchor is None:
+            return None
+        pos, t, rate = anchor
+        ahead = (sample - pos) / rate
+        return t + ahead if abs(ahead) <= horizon_s else None
 
 
 # ------------------------------------------------------------------------------------------------- measurement
@@ -496,8 +516,9 @@ def run(args) -> int:
     print(f"  |offset| p50 {r['offset_ms_p50']} ms, p95 {r['offset_ms_p95']} ms  (signed p5..p95 {lo:+}..{hi:+} ms, "
           f"mean {r['offset_ms_mean']:+} ms; > 0: the voice comes later)")
     print(f"  drift {r['drift_ms_per_hour']:+} ms/hour (+- {r['drift_ms_per_hour_stderr']}; longer runs narrow it)")
-    print(f"  voice delayed {r['voice_delay_ms_p50']} ms (target {r['delay_ms']} ms); frame latency p5/p50/p95 "
-          f"{r['frame_latency_ms_p5_p50_p95']} ms; voice similarity p5 {r['voice_similarity_p5']}")
+    print(f"  voice delayed {r['voice_delay_ms_p50']} ms (target {r['delay_ms']} ms); frames ready p5/p50/p95 "
+          f"{r['frame_ready_ms_p5_p50_p95']} ms and sent p5/p50/p95 {r['frame_latency_ms_p5_p50_p95']} ms after "
+          f"the sound was heard; voice similarity p5 {r['voice_similarity_p5']}")
     print(f"  playout: {r['jumps']} jumps, {r['holds']} holds, {r['underruns']} underruns, "
           f"clock drift {r['clock_drift_ppm']} ppm")
     return 0
@@ -568,13 +589,15 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         camera = VirtualCameraSink(w, h, fps, backend="avatar-cam-av-sync")
         stack.callback(camera.close)
         vmic = stack.enter_context(VirtualMicrophone(ring, offset_ms, initial_delay_s=clock.lookahead_s + 0.04))
-        shown: list[tuple[int, float, bool, float | None]] = []  # every frame sent: stats.records is bounded
+        shown: list[tuple[int, float, bool, float | None, float | None]] = []  # every frame: stats.records is bounded
 
         def on_frame(frame, rec) -> None:
             vmic.observe_frame(frame, rec)
-            shown.append((rec.index, rec.audio_time, rec.inferred, rec.latency))
+            shown.append((rec.index, rec.audio_time, rec.inferred, rec.latency,
+                          rec.lateness))
 
         pipeline = LivePipeline(renderer, [camera], ring, clock, on_frame=on_frame)
+        pipeline.pace = vmic.frame_due
         with pulse_env({"PULSE_SOURCE": f"{speaker}.monitor"}):
             mic.start()
         stack.callback(mic.stop)
@@ -600,14 +623,16 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         mic.stop()
         listener.stop()
         cam_times = _TimedCamera.last.times
-        talking = [(t_audio, sent) for (k, t_audio, inferred, _), sent in zip(shown, cam_times, strict=True)
+        talking = [(t_audio, sent) for (k, t_audio, inferred, *_), sent in zip(shown, cam_times, strict=True)
                    if k >= 0 and inferred]
         x, y = ring.read(0, ring.total), recorded.read(0, recorded.total)
         result = sync_report(x, steady_clock(ring), y, steady_clock(recorded), talking)
-        latency = [lat for k, _, inferred, lat in shown if k >= 0 and inferred and lat is not None]
+        latency = [lat for k, _, inferred, lat, _ in shown if k >= 0 and inferred and lat is not None]
+        ready = [d for k, _, inferred, _, d in shown if k >= 0 and inferred and d is not None]
     result.update({
         "weights": weights_note, "delay_ms": status["delay_ms"], "offset_setting_ms": offset_ms,
         "frame_latency_ms_p5_p50_p95": [round(1000 * float(v), 1) for v in np.percentile(latency, [5, 50, 95])],
+        "frame_ready_ms_p5_p50_p95": [round(1000 * float(v), 1) for v in np.percentile(ready, [5, 50, 95])],
         "clock_drift_ppm": status["drift_ppm"], "jumps": status["jumps"], "holds": status["holds"],
         "underruns": status["underruns"],
     })

@@ -6,13 +6,17 @@ Control (CLI, tray, socket) talks to the frame thread only through `request_*` m
 between two frames.
 
 Frame k is drawn as soon as the audio it needs has arrived (see `FrameClock`), so frames follow the audio
-clock exactly and never drift from it. When no audio arrives (mic unplugged, stream stalled) the camera
+clock exactly and never drift from it. It leaves at once, or, when `pace` is set (the virtual microphone sets it),
+when the voice it shows plays: then the lips meet the voice to the millisecond, not to the frame. Paced frames
+wait on a sender thread, so the frame thread draws the next one meanwhile; the sinks are only ever used by one
+thread at a time (`_emit_lock`), and requests (`call_between_frames`) run while no frame is being sent. When no audio arrives (mic unplugged, stream stalled) the camera
 keeps showing the idle face on the wall clock, so the call app never sees a frozen or closed camera.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +31,8 @@ from .renderer import FrameRenderer, MelColumns
 
 log = logging.getLogger(__name__)
 
+MAX_HOLD_S = 0.1  # pacing never holds a frame longer than this (a wrong clock must not freeze the camera)
+
 
 @dataclass(slots=True)  # slots: up to `PipelineStats.keep` of these live at once in a long call
 class FrameRecord:
@@ -39,6 +45,16 @@ class FrameRecord:
     emitted: float  # monotonic time the frame left for the sinks
     alpha: float
     inferred: bool
+    drawn: float = 0.0  # monotonic time the frame was ready to leave (before any pacing held it)
+    started: float = 0.0  # monotonic time drawing it began
+
+    @property
+    def lateness(self) -> float | None:
+        """How long after its sound was heard this frame could have left, had the frame thread been free:
+        audio complete, plus drawing. Unlike `latency` it does not grow while pacing holds frames."""
+        if self.heard is None:
+            return None
+        return self.ready + (self.drawn - self.started) - self.heard
 
     @property
     def latency(self) -> float | None:
@@ -71,11 +87,17 @@ class LivePipeline:
         self.audio_taps = audio_taps or []  # callbacks(samples) given every 16 kHz block as the frame thread takes it
         self.stall_s = stall_s
         self.skip_when_behind = skip_when_behind  # False: draw every frame even when behind (offline equivalence)
+        # pace(audio_time) -> monotonic time the frame showing it should leave (None: at once). Called on the
+        # frame thread. Set by whoever plays the voice out, so each frame leaves with the sound it shows.
+        self.pace = None
         self.paused = False
         self.audio_stalled = False
         self._stop = threading.Event()
         self._requests: list = []  # callables queued by other threads, run by the frame thread
         self._lock = threading.Lock()
+        self._emit_lock = threading.Lock()  # held while frames go to the sinks, and while requests run
+        self._held: queue.Queue | None = None  # paced frames waiting for the sender thread
+        self._sender: threading.Thread | None = None
         self._mel = StreamingMel()
         self._cols = MelColumns()
         self._consumed = 0
@@ -110,8 +132,10 @@ class LivePipeline:
     def _apply_requests(self) -> None:
         with self._lock:
             requests, self._requests = self._requests, []
-        for fn in requests:
-            fn()
+        if requests:
+            with self._emit_lock:  # a request may change the sinks: never while the sender uses them
+                for fn in requests:
+                    fn()
 
     def _pull_audio(self) -> None:
         total = self.ring.total
@@ -124,15 +148,54 @@ class LivePipeline:
             self._consumed = total
 
     def _emit(self, frame: np.ndarray, rec: FrameRecord) -> None:
-        for sink in self.sinks:
+        with self._emit_lock:
+            for sink in self.sinks:
+                try:
+                    sink.send(frame)
+                except Exception as exc:  # noqa: BLE001  (one broken sink must not freeze the others or kill this thread)
+                    self._sink_failed(sink, exc)
+            rec.emitted = time.monotonic()
+            self.stats.add(rec)
+            if self.on_frame is not None:
+                self.on_frame(frame, rec)
+
+    def _send(self, frame: np.ndarray, rec: FrameRecord) -> None:
+        """Emit now, or, when pacing, hand the frame to the sender thread to leave when it is due."""
+        due = self._due(rec.audio_time)
+        if due is None:
+            if self._held is not None:
+                self._held.join()  # frames still held leave first, in order
+            self._emit(frame, rec)
+            return
+        if self._sender is None:
+            self._held = queue.Queue(maxsize=16)
+            self._sender = threading.Thread(target=self._send_when_due, name="frame-sender", daemon=True)
+            self._sender.start()
+        self._held.put((frame, rec, min(due, rec.drawn + MAX_HOLD_S)))
+
+    def _send_when_due(self) -> None:
+        """The sender thread: each held frame leaves at its due time (or at once, if that has passed)."""
+        while True:
+            item = self._held.get()
             try:
-                sink.send(frame)
-            except Exception as exc:  # noqa: BLE001  (one broken sink must not freeze the others or kill this thread)
-                self._sink_failed(sink, exc)
-        rec.emitted = time.monotonic()
-        self.stats.add(rec)
-        if self.on_frame is not None:
-            self.on_frame(frame, rec)
+                if item is None:
+                    return
+                frame, rec, due = item
+                wait = due - time.monotonic()
+                if wait > 0 and not self._stop.wait(wait):
+                    self._emit(frame, rec)
+                elif wait <= 0:
+                    self._emit(frame, rec)
+            except Exception:  # noqa: BLE001  (never let a callback kill the camera's frames)
+                log.exception("sending a paced frame failed")
+            finally:
+                self._held.task_done()
+
+    def _stop_sender(self) -> None:
+        if self._sender is not None:
+            self._held.put(None)
+            self._sender.join(timeout=1.0)
+            self._sender = self._held = None
 
     def _sink_failed(self, sink, exc: Exception) -> None:
         name = type(sink).__name__
@@ -158,6 +221,12 @@ class LivePipeline:
 
     def run(self) -> None:
         """Draw frames until `stop()`. Runs on the calling thread (the frame thread)."""
+        try:
+            self._draw_frames()
+        finally:
+            self._stop_sender()
+
+    def _draw_frames(self) -> None:
         clock, ring = self.clock, self.ring
         last_emit = time.monotonic()
         while not self._stop.is_set():
@@ -173,24 +242,40 @@ class LivePipeline:
                 self.audio_stalled = False
             ready = ring.written_time(need - 1) or time.monotonic()
             self._pull_audio()
+            started = time.monotonic()
             a, b = clock.audio_span(k)
             audio = ring.read(max(a, 0), max(b, 0) - max(a, 0))
             frame, info = self.renderer.render(k, self._cols.window(clock.mel_start(k)), audio, paused=self.paused)
             heard = ring.arrival_time(round(info.audio_time * 16000))
-            self._emit(frame, FrameRecord(k, info.audio_time, heard, ready, 0.0, info.alpha, info.inferred))
+            rec = FrameRecord(k, info.audio_time, heard, ready, 0.0, info.alpha, info.inferred, time.monotonic(), started)
+            self._send(frame, rec)
             last_emit = time.monotonic()
             self.next_frame = k + 1
             if self.skip_when_behind:
                 self._skip_if_behind()
 
+    def _due(self, audio_time: float) -> float | None:
+        if self.pace is None:
+            return None
+        try:
+            return self.pace(audio_time)
+        except Exception:  # noqa: BLE001  (pacing is a refinement: never let it stop the camera)
+            log.exception("frame pacing failed; sending frames as soon as they are drawn")
+            self.pace = None
+            return None
+
     def _skip_if_behind(self) -> None:
         """If audio for two more frames is already waiting, we fell behind: drop to the newest frame.
 
         Showing the newest mouth beats showing every mouth late. Skipped frames still pass through the
-        voice gate, so its state stays what it would have been.
+        voice gate, so its state stays what it would have been. With pacing, audio waits on purpose while a
+        frame is held; a frame is behind only once it is a frame period past when it was due.
         """
         clock, k = self.clock, self.next_frame
         while self.ring.total >= clock.samples_needed(k + 1):
+            due = self._due(clock.audio_time(k))
+            if due is not None and time.monotonic() < due + 1.0 / clock.fps:
+                break
             a, b = clock.audio_span(k)
             self.renderer.gate.update(self.ring.read(max(a, 0), max(b, 0) - max(a, 0)))
             k += 1

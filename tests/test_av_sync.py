@@ -150,20 +150,35 @@ def test_input_clock_smooths_jittery_stamps_and_follows_a_restart():
     assert clock.time_of(last + 480) == pytest.approx(500.0, abs=1e-6)
 
 
-def record(index: int, latency: float, inferred: bool) -> SimpleNamespace:
-    return SimpleNamespace(index=index, latency=latency, inferred=inferred)
+def record(index: int, lateness: float, inferred: bool) -> SimpleNamespace:
+    """A frame whose sound was heard `lateness` before it could have left (it was sent later: pacing held it)."""
+    return SimpleNamespace(index=index, lateness=lateness, emitted=100.5, inferred=inferred)
 
 
-def test_measured_delay_follows_the_moving_mouth_plus_the_offset():
+def test_measured_delay_covers_nearly_every_moving_mouth_plus_the_offset():
     delay = MeasuredDelay(offset_ms=10, initial_s=0.3)
     assert delay.seconds == pytest.approx(0.31)
-    for k in range(40):  # idle frames only: their latency is all there is
+    for k in range(40):  # idle frames only: their lateness is all there is
         delay.observe(None, record(k, 0.180, False))
-    assert delay.seconds == pytest.approx(0.190)
-    for k in range(40, 80):  # a mouth moving: inference makes these frames later, and they are what a viewer sees
-        delay.observe(None, record(k, 0.210 if k % 2 else 0.200, True))
+    assert delay.seconds == pytest.approx(0.180 + delay.headroom_s + 0.010)
+    rng = np.random.default_rng(0)
+    for k in range(40, 300):  # a mouth moving: inference makes these frames later, and they are what a viewer sees
+        delay.observe(None, record(k, rng.uniform(0.190, 0.210), True))
         delay.observe(None, record(k, 0.180, False))
-    assert delay.seconds == pytest.approx(0.215, abs=0.006)
-    delay.observe(None, record(-1, 5.0, False))  # keep-alive frames (no audio) never count
+    # The voice waits until ~95% of the moving mouths are drawn; the time pacing holds them never counts.
+    assert delay.seconds == pytest.approx(0.209 + delay.headroom_s + 0.010, abs=0.0015)
+    delay.observe(None, SimpleNamespace(index=-1, lateness=None, emitted=5.0, inferred=False))  # keep-alive
     delay.offset_ms = -300
     assert delay.seconds == 0.0  # never negative
+
+
+def test_the_playout_tells_when_each_input_sample_plays():
+    """What frame pacing relies on: play_time_of(s) is when sample s actually leaves, to a fraction of a ms."""
+    t, err, _, play = simulate(20, 0, 1000, jitter_s=0.002)
+    pos, played_at, rate = play.anchor
+    assert rate == pytest.approx(16000 / (1 + 1000e-6), rel=5e-4)  # the input keeps pace with the fast output clock
+    assert play.play_time_of(pos) == pytest.approx(played_at, abs=1e-9)
+    # a sample 30 ms before the play head, as a frame drawn a little late would ask about
+    assert play.play_time_of(pos - 480) == pytest.approx(played_at - 480 / rate, abs=1e-6)
+    assert play.play_time_of(pos + 10 * 16000) is None  # too far from the play head to say
+    assert np.abs(err[t > 10]).max() < 0.004

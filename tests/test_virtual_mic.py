@@ -247,6 +247,7 @@ def test_the_voice_comes_back_delayed_to_meet_the_lips(pulse_server, speech_wav,
     cam = VirtualCameraSink(SIZE.width, SIZE.height, clock.fps, backend=camera_recorder.BACKEND)
     vmic = VirtualMicrophone(ring, initial_delay_s=clock.lookahead_s + 0.04)
     pipe = LivePipeline(renderer, [cam], ring, clock, on_frame=vmic.observe_frame)
+    pipe.pace = vmic.frame_due  # each frame leaves when the voice it shows does
     runner = threading.Thread(target=pipe.run)
     reported: list[tuple[float, float]] = []  # (time, the delay the virtual microphone reports)
     with vmic:
@@ -293,8 +294,8 @@ def test_the_voice_comes_back_delayed_to_meet_the_lips(pulse_server, speech_wav,
     # loop catches up, so: typically within 10 ms, and never grossly off.
     assert np.median(errors) < 0.010 and np.mean(errors < 0.010) >= 0.7 and errors.max() < 0.05, errors
 
-    # The frames showing that voice left the camera when the voice left the microphone, give or take the
-    # frames' own jitter (audio arrives in ~30 ms chunks, inference time varies).
+    # The frames showing that voice left the camera when the voice left the microphone: paced to the playout,
+    # give or take the few frames drawn later than the delay allows (a loaded machine makes more of them).
     recorder = camera_recorder.RecordingCamera.instances[-1]
     assert len(recorder.times) == len(pipe.stats.records)
     centres, found = [w[0] for w in windows], [w[1] for w in windows]
@@ -303,7 +304,7 @@ def test_the_voice_comes_back_delayed_to_meet_the_lips(pulse_server, speech_wav,
                         if r.index >= 0 and r.inferred and centres[0] <= r.audio_time * 16000 <= centres[-1]])
     assert len(offsets) > 40
     print("voice - frame offsets ms p5/p50/p95:", np.round(1000 * np.percentile(offsets, [5, 50, 95]), 1))
-    assert np.median(np.abs(offsets)) < 0.020, np.percentile(offsets, [5, 50, 95])
+    assert np.median(np.abs(offsets)) < 0.010, np.percentile(offsets, [5, 50, 95])
     assert np.percentile(np.abs(offsets), 95) < 0.050, np.percentile(offsets, [5, 50, 95])
 
 
