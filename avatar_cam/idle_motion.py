@@ -16,6 +16,9 @@ of `region`, about 1.5 ms at 1280x720 on a 2-core machine.
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_right
+
 import math
 from dataclasses import dataclass
 
@@ -74,32 +77,42 @@ class IdleSchedule:
                       for _ in range(3)]
         self._breath_phase = rng.uniform(0, 2 * np.pi, 2)
         self._blink_rng = np.random.default_rng([settings.seed, 1])
-        self._blinks: list[tuple[float, float]] = []  # (start, duration), extended on demand
+        # Every blink so far, extended on demand: frames may be drawn in any order and must not depend on it.
+        # Two flat arrays (16 bytes a blink, ~16 kB an hour) searched by bisection, so an hours-long call
+        # costs each frame the same.
+        self._starts, self._durations = array("d"), array("d")
         self._next = self._blink_rng.uniform(0.8, 3.0)
 
-    def blinks_until(self, t: float) -> list[tuple[float, float]]:
-        """All (start, duration) of blinks starting before `t` seconds."""
+    def _extend(self, t: float) -> None:
         rng = self._blink_rng
         while self._next < t + 1.0:
             start = self._next
-            self._blinks.append((start, rng.uniform(*BLINK_SECONDS)))
+            self._starts.append(start)
+            self._durations.append(rng.uniform(*BLINK_SECONDS))
             if rng.random() < DOUBLE_BLINK:
-                self._blinks.append((start + rng.uniform(0.3, 0.45), rng.uniform(*BLINK_SECONDS)))
-                start = self._blinks[-1][0]
+                start += rng.uniform(0.3, 0.45)
+                self._starts.append(start)
+                self._durations.append(rng.uniform(*BLINK_SECONDS))
             # Intervals cluster around 3-4 s with a long tail, as people's do; clipped to the range.
             self._next = start + float(np.clip(BLINK_EVERY[0] + rng.gamma(2.2, 0.75), *BLINK_EVERY))
-        return [b for b in self._blinks if b[0] <= t]
+
+    def blinks_until(self, t: float) -> list[tuple[float, float]]:
+        """All (start, duration) of blinks starting before `t` seconds."""
+        self._extend(t)
+        n = bisect_right(self._starts, t)
+        return list(zip(self._starts[:n], self._durations[:n], strict=True))
 
     def blink(self, t: float) -> float:
-        for start, dur in reversed(self.blinks_until(t)):
-            if t - start < dur:
-                tau = (t - start) / dur
-                # Lids close fast, rest shut a moment, and open more slowly.
-                if tau < 0.35:
-                    return float(_smooth(tau / 0.35))
-                return 1.0 if tau < 0.45 else float(1.0 - _smooth((tau - 0.45) / 0.55))
-            break
-        return 0.0
+        """How closed the lids are at `t` (0 open, 1 shut)."""
+        self._extend(t)
+        i = bisect_right(self._starts, t) - 1
+        if i < 0 or t - self._starts[i] >= self._durations[i]:
+            return 0.0
+        tau = (t - self._starts[i]) / self._durations[i]
+        # Lids close fast, rest shut a moment, and open more slowly.
+        if tau < 0.35:
+            return float(_smooth(tau / 0.35))
+        return 1.0 if tau < 0.45 else float(1.0 - _smooth((tau - 0.45) / 0.55))
 
     def pose(self, t: float) -> IdlePose:
         s = self.settings

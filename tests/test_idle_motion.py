@@ -145,3 +145,15 @@ def test_talking_blends_in_and_out_without_a_jump(astronaut, speech_16k):
     assert (talking == 1.0).sum() > 60 and (talking == 0.0).sum() > 40
     assert talking[(talking > 0) & (talking < 1)].size > 0  # the gate ramps in and out
     assert max(steps) < 12  # the mouth region changes smoothly, also where talking starts and stops
+
+
+def test_a_ten_hour_call_blinks_the_same_in_any_order():
+    """Frames may be drawn in any order (a stalled mic restarts the idle count); the schedule must not care,
+    and after hours it must still answer from a compact history."""
+    a, b = IdleSchedule(IdleSettings(seed=5)), IdleSchedule(IdleSettings(seed=5))
+    times = np.arange(0.0, 36000.0, 1 / 30)[::7]  # ten hours at 30 fps, every 7th frame
+    forward = [a.blink(t) for t in times]
+    backward = [b.blink(t) for t in times[::-1]][::-1]
+    assert forward == backward
+    assert 0.02 < np.mean(np.array(forward) > 0) < 0.2  # blinking a little of the time, never stuck shut
+    assert 36000 / 8 < len(a.blinks_until(36000)) < 36000 / 2  # a blink every 2-8 s
