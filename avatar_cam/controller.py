@@ -2,8 +2,9 @@
 
 The tray menu, the control socket (`avatar-cam ctl`) and the CLI call only these methods, from their own
 threads; a lock serialises them. The controller owns the pieces of the live path (camera sink, microphone
-source, audio ring, pipeline and its frame thread) and changes the running pipeline only through
-`LivePipeline.call_between_frames`, so switching photo, engine or microphone never closes the camera.
+source, audio ring, pipeline and its frame thread, and the optional preview window and "Avatar Cam
+Microphone") and changes the running pipeline only through `LivePipeline.call_between_frames`, so switching
+photo, engine, microphone, mirror or preview never closes the camera; only its size, frame rate and device do.
 
 Errors in what the user asks for (a photo with no face, a missing microphone) raise `AvatarCamError` and
 leave the current state as it was. Faults while running are reported in `status()` and to listeners; the
@@ -12,6 +13,7 @@ daemon keeps running.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -29,6 +31,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+# Settings that change what the camera device is asked for (or the frame clock): only these reopen it.
+REOPENS_CAMERA = frozenset({"width", "height", "fps", "camera_backend", "camera_device", "lookahead_ms"})
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Status:
     fps: float
     latency_ms_p95: float | None
     error: str | None
+    preview: bool = False  # the preview window is showing
+    virtual_mic: dict | None = None  # None: off; else its state, what to pick in the call app, its delay
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +95,10 @@ class Controller:
         self._mic_opened_at = 0.0
         self._mic_seen = (0, 0.0)  # (ring total, monotonic time it last grew)
         self._last_portrait = None  # the photo shown when the camera last stopped: a restart survives its file going away
+        self._preview = None  # the PreviewSink in the pipeline's sinks, while the camera runs
+        self._vmic = None  # the VirtualMicrophone fed from the ring, while the camera runs
+        self._extras_fault: dict[str, str] = {}  # "preview" / "virtual_mic" -> why it is not working
+        self._rescans = 0  # PortAudio rescans so far: a stream opened before one is dead
 
     # --- observers ----------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Status], None]) -> None:
@@ -114,6 +124,11 @@ class Controller:
     def running(self) -> bool:
         return self._pipeline is not None
 
+    @property
+    def preview(self) -> bool:
+        """Running: whether the preview window shows; stopped: whether it will when the camera starts."""
+        return self._preview is not None if self.running else self.settings.preview
+
     def status(self) -> Status:
         with self._lock:
             fps, p95, state = 0.0, None, "stopped"
@@ -127,7 +142,7 @@ class Controller:
                     p95 = float(np.percentile(lat, 95)) * 1000 if lat else None
                 talking = any(r.alpha > 0 for r in recent[-15:])
                 state = "paused" if pipeline.paused else "live" if talking else "silent"
-            error = self.error or self._camera_fault() or self._mic_fault
+            error = self.error or self._camera_fault() or self._mic_fault or self._extras_problem()
             if error:
                 state = "error"
             lipsync = self._renderer.lipsync if self._renderer is not None else None
@@ -141,11 +156,30 @@ class Controller:
                 fps=round(fps, 1),
                 latency_ms_p95=round(p95, 1) if p95 is not None else None,
                 error=error,
+                preview=self._preview is not None,
+                virtual_mic=self._vmic_status(),
             )
+
+    def _extras_problem(self) -> str | None:
+        """Under the lock: why the preview or the virtual microphone the user asked for is not working."""
+        vmic_state = self._vmic.status_text if self._vmic is not None else ""
+        vmic_fault = vmic_state.removeprefix("error: ") if vmic_state.startswith("error") else self._extras_fault.get("virtual_mic")
+        if vmic_fault:
+            return f"Avatar Cam Microphone: {vmic_fault}"
+        return self._extras_fault.get("preview")
+
+    def _vmic_status(self) -> dict | None:
+        if not self.settings.virtual_mic:
+            return None
+        if self._vmic is not None:
+            return self._vmic.status()
+        fault = self._extras_fault.get("virtual_mic")
+        return {"state": f"error: {fault}" if fault else "stopped", "device": None}
 
     # --- commands --------------------------------------------------------------------------------
     def start(self) -> Status:
-        """Open the camera and the microphone and start drawing frames."""
+        """Open the camera and the microphone and start drawing frames; then the preview window and
+        "Avatar Cam Microphone" if they are on (their failures are reported in the status, the camera runs)."""
         from .audio_source import AudioError, AudioRing, MicrophoneSource
         from .pipeline import LivePipeline
         from .sinks import CameraError, ReconnectingCamera, VirtualCameraSink
@@ -180,7 +214,8 @@ class Controller:
             self._pipeline = LivePipeline(renderer, [camera, *self._extra_sinks], ring, clock)
             self._thread = threading.Thread(target=self._run_pipeline, name="frames", daemon=True)
             self._thread.start()
-            self.error, self._mic_fault = photo_note, None
+            self.error, self._mic_fault, self._extras_fault = photo_note, None, {}
+            self._find_unlisted_mic(self.settings.mic)  # plugged in while the camera was off
             mic = MicrophoneSource(ring, device=self.settings.mic)
             now = time.monotonic()
             self._mic_opened_at, self._mic_seen, self._mic_retry_at = now, (0, now), now + self.MIC_RETRY_S
@@ -195,7 +230,23 @@ class Controller:
             self.settings.camera_on = True
             self._save()
         self._changed()
+        # The extras take a moment each (a window process, pactl): the camera is live meanwhile.
+        if self.settings.preview:
+            self._try_extra("preview", self._attach_preview)
+        if self.settings.virtual_mic:
+            self._try_extra("virtual_mic", self._attach_vmic)
         return self.status()
+
+    def _try_extra(self, name: str, attach: Callable[[], None]) -> None:
+        """Start the preview or the virtual microphone; a failure goes to the status, the camera keeps running."""
+        try:
+            attach()
+        except AvatarCamError as exc:
+            log.warning("%s", str(exc).replace("\n", " "))
+            with self._lock:
+                if self.running:
+                    self._extras_fault[name] = str(exc).splitlines()[0]
+        self._changed()
 
     def _fail_start(self, exc: Exception) -> Status:
         """Report why the camera could not start; expected failures are re-raised for the caller to show."""
@@ -223,18 +274,22 @@ class Controller:
             health.join(timeout=5)
         with self._lock:
             pipeline, thread, mic, camera = self._pipeline, self._thread, self._mic, self._camera
+            preview, vmic = self._preview, self._vmic
             if self._renderer is not None:
                 self._last_portrait = self._renderer.compositor.portrait
             self._pipeline = self._thread = self._mic = self._camera = self._renderer = self._ring = None
+            self._preview = self._vmic = None
             if pipeline is not None:
                 pipeline.stop()
             if thread is not None:
                 thread.join(timeout=5)
             if mic is not None:
                 mic.stop()
-            if camera is not None:
-                camera.close()
+            for part in (vmic, camera, preview):
+                if part is not None:
+                    part.close()
             self.error = self._mic_fault = None
+            self._extras_fault = {}
             self.settings.camera_on = False
             self._save()
         self._changed()
@@ -257,20 +312,7 @@ class Controller:
 
     def set_photo(self, path: str | Path) -> Status:
         """Switch to another photo. A photo that cannot be used raises, and the current one stays."""
-        from .portrait import Portrait
-
-        path = Path(path).expanduser()
-        portrait = Portrait.load(path)  # raises PortraitError with a message the user can act on
-        with self._lock:
-            if self._pipeline is not None:
-                self._pipeline.request_portrait(portrait)
-            self.settings.photo = str(path)
-            self.settings.face_box = None
-            if self.error and "photo" in self.error:
-                self.error = None
-            self._save()
-        self._changed()
-        return self.status()
+        return self.update_settings(photo=str(Path(path).expanduser()))
 
     def add_photo(self, source: str | Path) -> Status:
         """Copy a photo into the library and switch to it."""
@@ -289,11 +331,18 @@ class Controller:
         return self.set_photo(dest)
 
     def set_mic(self, name: str | None) -> Status:
-        """Switch microphone without closing the camera; a device that cannot open raises, the old one stays."""
-        from .audio_source import MicrophoneSource, find_input_device
+        """Switch microphone without closing the camera; a device that cannot open raises, the old one stays.
+
+        A name this process's PortAudio does not list may belong to a device plugged in since it started:
+        PortAudio then rescans (see `_find_unlisted_mic`) before giving up."""
+        from .audio_source import AudioError, MicrophoneSource, find_input_device
 
         if name is not None:
-            find_input_device(name)  # raises AudioError listing what exists
+            try:
+                find_input_device(name)
+            except AudioError:
+                if not self._find_unlisted_mic(name):
+                    raise
         with self._lock:
             if self._ring is not None:
                 new = MicrophoneSource(self._ring, device=name)
@@ -317,48 +366,212 @@ class Controller:
         self._changed()
         return self.status()
 
+    def _find_unlisted_mic(self, name: str | None) -> bool:
+        """Look for microphone `name` among the devices there are now, not those PortAudio listed when it
+        started here; True if it is there now.
+
+        Rescanning ends every stream this process has open, so with streams open it happens only if a fresh
+        process lists the name (a typo leaves the running microphone alone). The microphone is closed for
+        it (the caller is switching away from it; else the watchdog reopens it) and "Avatar Cam Microphone"
+        pauses for a moment."""
+        from .audio_source import AudioError, find_input_device, fresh_input_device_names, names_input_device
+
+        if name is None:
+            return False
+        try:
+            find_input_device(name)
+            return True
+        except AudioError:
+            pass
+        if self._mic is not None or self._vmic is not None:
+            names = fresh_input_device_names()
+            if names is not None and not names_input_device(name, names):
+                return False
+
+        with self._lock:
+            mic, self._mic = self._mic, None
+            if mic is not None:
+                mic.stop()
+            if self._vmic is not None:
+                try:
+                    self._vmic.reopen_stream(self._rescan_portaudio)
+                except AvatarCamError as exc:
+                    self._extras_fault["virtual_mic"] = str(exc).splitlines()[0]
+            else:
+                self._rescan_portaudio()
+        log.info("PortAudio rescanned its devices, looking for %r", name)
+        try:
+            find_input_device(name)
+            return True
+        except AudioError:
+            return False
+
+    def _rescan_portaudio(self) -> None:
+        from .audio_source import PORTAUDIO_LOCK, rescan_devices
+
+        with PORTAUDIO_LOCK:  # a stream the watchdog opened before this sees the count change and is dropped
+            self._rescans += 1
+            rescan_devices()
+
     def set_engine(self, engine: str) -> Status:
         """Switch lip-sync engine (wav2lip / lite) between two frames."""
-        from .engines import make_lipsync
+        return self.update_settings(engine=engine)
 
-        lipsync = make_lipsync(engine, self.settings.device, self.settings.precision)
+    def set_preview(self, on: bool) -> Status:
+        """Show or hide the preview window; the choice is kept for the next start. Showing it where no window
+        can open (no display) raises, and the camera goes on as it was."""
+        from .sinks import PREVIEW_HINT, preview_unavailable
+
+        on = bool(on)
+        if on and not self.running and (problem := preview_unavailable()):
+            raise AvatarCamError(problem, hint=PREVIEW_HINT)
+        if on:
+            self._attach_preview()
+        else:
+            self._detach_preview()
         with self._lock:
-            if self._pipeline is not None:
-                renderer, portrait = self._renderer, self._renderer.compositor.portrait
-
-                def swap() -> None:
-                    lipsync.set_face(portrait)
-                    renderer.lipsync = lipsync
-
-                self._pipeline.call_between_frames(swap)
-            self.settings.engine = engine
+            if not (on and self.running):  # else the attach recorded it, before a window closed at once could
+                self.settings.preview = on
+            self._extras_fault.pop("preview", None)
             self._save()
         self._changed()
         return self.status()
 
     def update_settings(self, **changes) -> Status:
-        """Change settings; idle motion switches between frames, output size/fps/engine changes reopen the camera."""
-        from .idle_motion import IdleSettings
+        """Change settings. While the camera runs, each change is applied between two frames, without closing
+        the camera, except size, frame rate, camera device and lookahead (`REOPENS_CAMERA`), which reopen it.
 
+        Everything is checked before anything changes: a photo without a face, an unknown engine or an output
+        format that cannot be raise, and no setting changes."""
+        for key in changes:
+            if not hasattr(self.settings, key) or key == "notices":
+                raise AvatarCamError(f"unknown setting {key!r}")
+        for key, command in (("mic", self.set_mic), ("preview", self.set_preview)):
+            if key in changes:  # they have their own commands, with their own checks
+                command(changes.pop(key))
+        if not changes:
+            return self.status()
+        wanted = dataclasses.replace(self.settings, **changes)
+        if "photo" in changes and "face_box" not in changes:
+            wanted.face_box = None  # a box drawn on another photo
+        live = self._prepare_live(changes, wanted)  # raises before anything changes
+        if changes.get("virtual_mic") and self.running:
+            self._attach_vmic()  # raises, and nothing changed
         with self._lock:
-            for key, value in changes.items():
-                if not hasattr(self.settings, key) or key == "notices":
-                    raise AvatarCamError(f"unknown setting {key!r}")
-                setattr(self.settings, key, value)
+            for key in (*changes, "face_box"):
+                setattr(self.settings, key, getattr(wanted, key))
+            if "photo" in changes and self.error and "photo" in self.error:
+                self.error = None
             self._save()
-            live_only = set(changes) <= {"idle_blinks", "idle_head_motion", "idle_breathing", "virtual_mic_offset_ms",
-                                         "start_at_login"}
-            restart = self.running and not live_only
-            if self.running and live_only and self._renderer is not None:
-                s, renderer = self.settings, self._renderer
-                idle = IdleSettings(s.idle_blinks, s.idle_head_motion, s.idle_breathing)
-                self._pipeline.call_between_frames(lambda: renderer.set_idle(idle))
-        if restart:
+            reopen = self.running and bool(REOPENS_CAMERA & changes.keys())
+            if self.running and not reopen:
+                for apply in live:
+                    apply(self._pipeline)
+                if self._vmic is not None and "virtual_mic_offset_ms" in changes:
+                    self._vmic.set_offset_ms(self.settings.virtual_mic_offset_ms)
+        if "virtual_mic" in changes and not self.settings.virtual_mic:
+            self._detach_vmic()
+        if reopen:
             self.stop()
             self.start()
         else:
             self._changed()
         return self.status()
+
+    def _prepare_live(self, changes: dict, wanted: Settings) -> list[Callable]:
+        """Check the changed settings; return what applies them to a running pipeline between two frames,
+        as calls taking the pipeline, in order. Loads a new photo (always: that is how a photo is checked)
+        and, while running, a new engine."""
+        from .compositor import OutputFormat
+        from .engines import ENGINES, make_lipsync
+        from .idle_motion import IdleSettings
+        from .portrait import Portrait
+
+        live: list[Callable] = []
+        renderer = self._renderer
+        if changes.keys() & {"engine", "device", "precision"}:
+            if wanted.engine not in ENGINES:
+                raise AvatarCamError(f"unknown lip-sync engine {wanted.engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
+            if renderer is not None:
+                lipsync = make_lipsync(wanted.engine, wanted.device, wanted.precision)
+
+                def swap_engine() -> None:
+                    lipsync.set_face(renderer.compositor.portrait)
+                    renderer.lipsync = lipsync
+
+                live.append(lambda pipeline: pipeline.call_between_frames(swap_engine))
+        if changes.keys() & {"photo", "face_box"}:
+            if not wanted.photo:
+                raise AvatarCamError("no photo given", hint="avatar-cam ctl photo PATH")
+            portrait = Portrait.load(Path(wanted.photo), face_box=tuple(wanted.face_box) if wanted.face_box else None)
+            live.append(lambda pipeline: pipeline.request_portrait(portrait))
+        if changes.keys() & {"fit", "mirror", "width", "height"}:
+            try:
+                fmt = OutputFormat(wanted.width, wanted.height, wanted.fit, wanted.mirror)
+            except ValueError as exc:
+                raise AvatarCamError(str(exc)) from None
+            if renderer is not None:
+                live.append(lambda pipeline: pipeline.call_between_frames(
+                    lambda: renderer.set_portrait(renderer.compositor.portrait, fmt)))
+        if changes.keys() & {"idle_blinks", "idle_head_motion", "idle_breathing"} and renderer is not None:
+            idle = IdleSettings(wanted.idle_blinks, wanted.idle_head_motion, wanted.idle_breathing)
+            live.append(lambda pipeline: pipeline.call_between_frames(lambda: renderer.set_idle(idle)))
+        return live
+
+    # --- the extras: preview window and "Avatar Cam Microphone" ----------------------------------------
+    def _attach_preview(self) -> None:
+        """Open the preview window and add it to the running pipeline's sinks (no-op when stopped or shown)."""
+        from .sinks import PreviewSink
+
+        if self._pipeline is None or self._preview is not None:
+            return
+        sink = PreviewSink()  # outside the lock: it starts a process and waits for its window
+        with self._lock:
+            pipeline = self._pipeline
+            if pipeline is None or self._preview is not None:  # stopped, or opened by someone else meanwhile
+                sink.close()
+                return
+            self._preview = sink
+            self.settings.preview = True
+            pipeline.call_between_frames(lambda: pipeline.sinks.append(sink))
+
+    def _detach_preview(self) -> None:
+        with self._lock:
+            sink, self._preview = self._preview, None
+            pipeline = self._pipeline
+            if sink is not None and pipeline is not None:
+                pipeline.call_between_frames(lambda: sink in pipeline.sinks and pipeline.sinks.remove(sink))
+        if sink is not None:
+            sink.close()  # sends until the removal are dropped
+
+    def _attach_vmic(self) -> None:
+        """Create "Avatar Cam Microphone", fed from the ring and delayed by what the frames measure."""
+        from .virtual_mic import VirtualMicrophone
+
+        with self._lock:
+            pipeline, thread, ring = self._pipeline, self._thread, self._ring
+            if pipeline is None or self._vmic is not None:
+                return
+        vmic = VirtualMicrophone.for_clock(ring, pipeline.clock, self.settings.virtual_mic_offset_ms)
+        vmic.start()  # outside the lock: pactl calls, ~0.3 s; raises VirtualMicError
+        with self._lock:
+            if self._pipeline is not pipeline or self._vmic is not None:
+                vmic.close()
+                return
+            self._vmic = vmic
+            self._extras_fault.pop("virtual_mic", None)
+            pipeline.on_frame = vmic.observe_frame  # the frames' measured delay steers the voice's...
+            pipeline.pace = vmic.frame_due  # ...and each frame leaves when the voice it shows plays
+            vmic.bind_to(thread)  # gone with the frame thread, however it ends
+
+    def _detach_vmic(self) -> None:
+        with self._lock:
+            vmic, self._vmic = self._vmic, None
+            self._extras_fault.pop("virtual_mic", None)
+            if self._pipeline is not None:
+                self._pipeline.on_frame = self._pipeline.pace = None
+        if vmic is not None:
+            vmic.close()
 
     # --- the watchdog: faults while running --------------------------------------------------------
     WATCH_S = 0.25  # how often the watchdog looks
@@ -383,11 +596,27 @@ class Controller:
                     self._reopen_mic(stop, *lost)
                 except Exception:  # noqa: BLE001  (the watchdog itself must never die)
                     log.exception("reopening the microphone failed")
+            self._watch_preview()
             with self._lock:
-                seen = (self.error, self._camera_fault(), self._mic_fault)
+                seen = (self.error, self._camera_fault(), self._mic_fault, self._extras_problem())
             if seen != last:
                 last = seen
                 self._changed()
+
+    def _watch_preview(self) -> None:
+        """A preview window the user closed turns the preview off; one that failed says why in the status."""
+        sink = self._preview
+        if sink is None or sink.alive:
+            return
+        by_user = sink.closed_by_user
+        self._detach_preview()
+        with self._lock:
+            if by_user:
+                self.settings.preview = False
+                self._save()
+            elif self.running:
+                self._extras_fault["preview"] = sink.error
+        self._changed()
 
     def _camera_fault(self) -> str | None:
         why = getattr(self._camera, "error", None)
@@ -429,6 +658,7 @@ class Controller:
 
         if old is not None:
             old.stop()
+        rescans = self._rescans
         new = MicrophoneSource(ring, device=self.settings.mic)
         try:
             new.start()
@@ -439,7 +669,8 @@ class Controller:
                     self._mic_fault = f"microphone lost: reconnecting ({str(exc).splitlines()[0]})"
             return
         with self._lock:
-            if stop.is_set() or self._ring is not ring or self._mic is not None:  # stopped, or set_mic won meanwhile
+            # Stopped, or set_mic won meanwhile, or a PortAudio rescan ended the new stream.
+            if stop.is_set() or self._ring is not ring or self._mic is not None or self._rescans != rescans:
                 new.stop()
                 return
             now = time.monotonic()

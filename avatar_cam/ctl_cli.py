@@ -69,5 +69,17 @@ def describe(status: dict) -> str:
     for label, key in (("photo", "photo"), ("microphone", "mic"), ("engine", "engine"), ("device", "device"),
                        ("camera", "camera")):
         value = status.get(key)
-        lines.append(f"  {label + ':':<12}{value if value is not None else '(default)' if key == 'mic' else '-'}")
+        lines.append(f"  {label + ':':<13}{value if value is not None else '(default)' if key == 'mic' else '-'}")
+    lines.append(f"  {'virtual mic:':<13}{virtual_mic_line(status.get('virtual_mic'))}")
+    lines.append(f"  {'preview:':<13}{'on' if status.get('preview') else 'off'}")
     return "\n".join(lines)
+
+
+def virtual_mic_line(vmic: dict | None) -> str:
+    """"Avatar Cam Microphone"'s state in a few words: off, its error, or what to pick and the voice's delay."""
+    if not vmic:
+        return "off"
+    state = str(vmic.get("state", "?"))
+    if state != "running":
+        return state
+    return f"{vmic.get('device')} (voice delayed {vmic.get('delay_ms', 0):.0f} ms)"

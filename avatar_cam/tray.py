@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import paths
+from . import fresh_process, paths
 from .controller import PHOTO_SUFFIXES, Controller, Status, photo_library, photos_dir
 from .errors import AvatarCamError
 
@@ -177,20 +176,7 @@ class MenuView:
     preview: bool | None = None  # None: the controller has no preview hook
 
 
-_LIST_MICS = ("import json, sounddevice as sd; "
-              "print(json.dumps([d['name'] for d in sd.query_devices() if d['max_input_channels'] > 0]))")
 _LIST_OV_DEVICES = "import json, openvino; print(json.dumps(openvino.Core().available_devices))"
-
-
-def _ask_python(code: str, timeout: float = 60.0) -> list | None:
-    """Run `code` in a fresh Python and parse the JSON it prints; None if that failed."""
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=True, **_no_window())
-        return json.loads(done.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        log.debug("%s failed: %s", code, exc)
-        return None
 
 
 def current_microphones(in_process: bool = False) -> list[str] | None:
@@ -198,10 +184,10 @@ def current_microphones(in_process: bool = False) -> list[str] | None:
 
     PortAudio lists devices once, when it starts, so a fresh list needs a fresh process (re-initialising it
     here would close the microphone stream the camera is using). `in_process`: the list this process sees."""
+    from .audio_source import fresh_input_device_names, list_input_devices
+
     if not in_process:
-        names = _ask_python(_LIST_MICS, timeout=20)
-        return None if names is None else [str(n) for n in names]
-    from .audio_source import list_input_devices
+        return fresh_input_device_names()
 
     try:
         return [d["name"] for d in list_input_devices()]
@@ -214,7 +200,7 @@ def openvino_devices() -> tuple[str, ...]:
     """OpenVINO devices that exist here (CPU, GPU, GPU.1, NPU...), then AUTO, which picks among them.
 
     Asked in another process: the tray of a Lite-engine user should not carry OpenVINO in memory."""
-    found = _ask_python(_LIST_OV_DEVICES)
+    found = fresh_process.ask(_LIST_OV_DEVICES)
     if not found:
         log.warning("cannot list OpenVINO devices: offering CPU only")
         found = ["CPU"]
@@ -231,10 +217,6 @@ def _autostart_enabled() -> bool | None:
     except Exception as exc:  # noqa: BLE001 - show the toggle as off; toggling reports the problem
         log.warning("cannot read the autostart entry: %s", exc)
         return False
-
-
-def _no_window() -> dict:
-    return {"creationflags": subprocess.CREATE_NO_WINDOW} if sys.platform.startswith("win") else {}
 
 
 # --- helpers that wait on other programs ------------------------------------------------------------------
@@ -455,6 +437,10 @@ class TrayApp:
     def toggle_mirror(self) -> None:
         self.do(lambda: self.controller.update_settings(mirror=not self.controller.settings.mirror))
 
+    def toggle_virtual_mic(self) -> None:
+        self.do(lambda: self.controller.update_settings(virtual_mic=not self.controller.settings.virtual_mic),
+                busy="Switching Avatar Cam Microphone...")
+
     def add_photo(self) -> None:
         if not self._dialog_open.acquire(blocking=False):
             return  # one dialog at a time
@@ -595,6 +581,7 @@ class TrayApp:
             yield Menu.SEPARATOR
             yield Item("Show preview", lambda: self.toggle_preview(), checked=lambda _it: bool(self.view.preview),
                        enabled=lambda _it: self.view.preview is not None)
+            yield Item("Avatar Cam Microphone", lambda: self.toggle_virtual_mic(), checked=lambda _it: bool(s.virtual_mic))
             yield Item("Start at login", lambda: self.toggle_autostart(), checked=lambda _it: bool(self.view.autostart),
                        enabled=lambda _it: self.view.autostart is not None)
             yield Item("Open log", lambda: self.open_log())
@@ -640,7 +627,7 @@ class TrayApp:
         # Not the raw state: live <-> silent flips as the user talks, and changes only the status line.
         signature = (status.state == "paused", status.photo, status.mic, status.engine, status.device, self.controller.running,
                      self.view.photos, self.view.mics, self.view.ov_devices, self.view.autostart, self.view.preview,
-                     s.width, s.height, s.fps, s.mirror, s.engine, s.device, s.mic, s.photo)
+                     s.width, s.height, s.fps, s.mirror, s.engine, s.device, s.mic, s.photo, s.virtual_mic)
         if signature != self._shown_signature:
             self._shown_signature = signature
             self.icon.update_menu()

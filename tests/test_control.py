@@ -96,11 +96,22 @@ def test_status_json_has_the_fields(live, astronaut_png):
     assert data["fps"] > 5  # frames are flowing (15 fps asked; the rate itself is for benchmarks)
     assert status["latency_ms_p95"] > 0
     assert data["error"] is None
+    assert data["virtual_mic"] is None and data["preview"] is False  # both off in this daemon's settings
 
     human = ctl("status").stdout.splitlines()
     assert re.fullmatch(r"(Silent|Live): \d+ fps, \d+ ms", human[0]), human
     assert any(line.split() == ["photo:", str(astronaut_png)] for line in human)
     assert any(line.split() == ["microphone:", "pulse"] for line in human)
+    assert any(line.split() == ["virtual", "mic:", "off"] for line in human)
+
+
+def test_status_lines_for_the_virtual_microphone():
+    from avatar_cam.ctl_cli import virtual_mic_line
+
+    assert virtual_mic_line(None) == "off"
+    assert virtual_mic_line({"state": "running", "device": "Avatar Cam Microphone", "delay_ms": 212.4}) == \
+        "Avatar Cam Microphone (voice delayed 212 ms)"
+    assert virtual_mic_line({"state": "error: no pactl", "device": None}) == "error: no pactl"
 
 
 def test_control_socket_is_private(live):

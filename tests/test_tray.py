@@ -618,6 +618,91 @@ def test_menu_settings_dialog_and_helpers(desktop, camera_backend, photos, tmp_p
     assert not camera_backend.instances, "nothing here needed the camera"
 
 
+def preview_window(desktop: Desktop) -> str | None:
+    """The X window id of the preview window, or None."""
+    found = subprocess.run(["xdotool", "search", "--name", "Avatar Cam preview"], capture_output=True, text=True,
+                           env={**os.environ, "DISPLAY": desktop.display}, timeout=30)
+    return found.stdout.split()[-1] if found.returncode == 0 and found.stdout.split() else None
+
+
+def close_window(desktop: Desktop, window: str) -> None:
+    """What a window manager does when the user clicks the close button: ask the window to close itself."""
+    import Xlib.display
+    import Xlib.protocol.event
+    import Xlib.X
+
+    d = Xlib.display.Display(desktop.display)
+    try:
+        w = d.create_resource_object("window", int(window))
+        protocols, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
+        w.send_event(Xlib.protocol.event.ClientMessage(window=w, client_type=protocols,
+                                                       data=(32, [delete, Xlib.X.CurrentTime, 0, 0, 0])))
+        d.flush()
+    finally:
+        d.close()
+
+
+def test_show_preview_and_avatar_cam_microphone_from_the_menu(desktop, pulse_server, camera_backend, photos, still_idle):
+    from test_virtual_mic import device_names
+
+    from avatar_cam.virtual_mic import SOURCE
+
+    settings = Settings(camera_backend=camera_recorder.BACKEND, engine="lite", width=320, height=180, fps=15.0,
+                        photo=str(photos[0]), camera_on=False, **still_idle)
+    controller = Controller(settings)
+    app = tray.TrayApp(controller, backend="gtk")
+
+    def camera() -> RecentFramesCamera:
+        assert len(camera_backend.instances) == 1, "the camera was reopened"
+        return camera_backend.instances[0]
+
+    def drive() -> None:
+        wait_for(lambda: app.view.status is not None, "the first status")
+        assert menu_item(app, "Show preview").enabled and not menu_item(app, "Show preview").checked
+        click(app, "Start camera")
+        wait_for(lambda: camera_backend.instances and len(camera().times) > 5, "frames")
+
+        # Show preview: a window with what the camera sends, and the camera stays as it was.
+        click(app, "Show preview")
+        window = wait_for(lambda: preview_window(desktop), "the preview window")
+        wait_for(lambda: is_checked(app, "Show preview"), "Show preview checked")
+        frame = camera().since(time.monotonic())[-1:] or wait_for(lambda: camera().since(0)[-1:], "a frame")
+        shot = desktop.workdir / "preview.png"
+        wait_for(lambda: subprocess.run(["import", "-window", window, str(shot)], timeout=30).returncode == 0
+                 and cv2.matchTemplate(cv2.imread(str(shot)), frame[0][1], cv2.TM_CCOEFF_NORMED).max() > 0.95,
+                 "the camera's picture in the preview window")
+        click(app, "Show preview")
+        wait_for(lambda: preview_window(desktop) is None, "the preview window to close")
+        wait_for(lambda: not is_checked(app, "Show preview"), "Show preview unchecked")
+
+        # Closing the window by hand turns the preview off, as unchecking it would.
+        click(app, "Show preview")
+        wait_for(lambda: controller.preview, "the preview on again")
+        close_window(desktop, wait_for(lambda: preview_window(desktop), "the preview window again"))
+        wait_for(lambda: not controller.preview and not is_checked(app, "Show preview"), "the preview turned off")
+        assert controller.settings.preview is False and controller.status().error is None
+
+        # Avatar Cam Microphone: made and removed with the menu's checkbox, the camera untouched.
+        click(app, "Avatar Cam Microphone")
+        wait_for(lambda: SOURCE in device_names(pulse_server), "Avatar Cam Microphone among the sources")
+        wait_for(lambda: is_checked(app, "Avatar Cam Microphone"), "Avatar Cam Microphone checked")
+        assert controller.status().virtual_mic["state"] == "running"
+        click(app, "Avatar Cam Microphone")
+        wait_for(lambda: SOURCE not in device_names(pulse_server), "Avatar Cam Microphone removed")
+        wait_for(lambda: not is_checked(app, "Avatar Cam Microphone"), "Avatar Cam Microphone unchecked")
+        click(app, "Avatar Cam Microphone")  # on again: it is what the next start restores
+        wait_for(lambda: controller.status().virtual_mic and controller.status().virtual_mic["state"] == "running",
+                 "Avatar Cam Microphone on again")
+        t = time.monotonic()
+        wait_for(lambda: len(camera().since(t)) > 5, "frames after all that")
+        click(app, "Quit")
+
+    run_tray(app, drive)
+    assert SOURCE not in device_names(pulse_server), "Quit removes Avatar Cam Microphone"
+    saved = Settings.load()
+    assert saved.virtual_mic is True and saved.preview is False
+
+
 @pytest.mark.slow
 def test_avatar_cam_shows_the_tray_and_ctl_drives_it(desktop, pulse_server, astronaut_png, tmp_path, monkeypatch):
     """`avatar-cam` with no arguments, as a user starts it: the tray appears, follows what `ctl` does,
