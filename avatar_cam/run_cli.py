@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-camera", action="store_true", help="do not open a virtual camera (preview or record only)")
     run.add_argument("--preview", action="store_true", help="show a preview window")
     run.add_argument("--record", type=Path, help="also record to this mp4 file (with the microphone audio)")
+    run.add_argument("--virtual-mic", action="store_true",
+                     help="also play the voice, delayed to meet the lips, as the microphone \"Avatar Cam Microphone\" "
+                     "(Linux: made with PulseAudio/PipeWire; Windows/macOS: through VB-CABLE or BlackHole)")
+    run.add_argument("--mic-offset-ms", type=float, default=0.0, metavar="MS",
+                     help="with --virtual-mic: delay the voice this much more (negative: less) than measured")
     run.add_argument("--no-tray", action="store_true", help="no tray icon (this command always runs without one)")
     run.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     run.set_defaults(func=cmd_run, fps_default=30.0)
@@ -120,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         source = MicrophoneSource(ring, device=args.mic)
     sinks: list = []
+    vmic = None
     try:
         if not args.no_camera:
             cam = VirtualCameraSink(fmt.width, fmt.height, clock.fps, backend=args.camera_backend, device=args.camera_device)
@@ -132,18 +138,41 @@ def cmd_run(args: argparse.Namespace) -> int:
             sinks.append(recorder)
         pipeline = LivePipeline(renderer, sinks, ring, clock, audio_taps=[recorder.write_audio] if recorder else [])
         _stop_on_signals(pipeline)
+        if args.virtual_mic:
+            vmic = _start_virtual_mic(ring, clock, args.mic_offset_ms)
+            if vmic is not None:
+                pipeline.on_frame, pipeline.pace = vmic.observe_frame, vmic.frame_due
         source.start()
         _stop_when_done(pipeline, source, args.seconds)
         print("Ctrl-C stops.", file=sys.stderr)
         pipeline.run()
     finally:
         source.stop()
+        if vmic is not None:
+            vmic.close()
         for sink in sinks:
             sink.close()
     s = summarize(pipeline.stats.records, clock.fps)
     print(f"stopped: {s['frames']} frames, {s['fps']} fps, mouth latency p95 {s['latency_ms_p95']} ms "
           f"({renderer.lipsync.name} engine)", file=sys.stderr)
     return 0
+
+
+def _start_virtual_mic(ring, clock, offset_ms: float):
+    """"Avatar Cam Microphone" fed from `ring`, or None (and a warning) where it cannot be made: the camera
+    runs either way."""
+    from .virtual_mic import VirtualMicrophone
+
+    vmic = VirtualMicrophone.for_clock(ring, clock, offset_ms)
+    try:
+        vmic.start()
+    except AvatarCamError as exc:
+        print(f"warning: no Avatar Cam Microphone: {exc}\n  the camera runs without it", file=sys.stderr)
+        return None
+    print(f"Avatar Cam Microphone is live: choose {vmic.call_app_device!r} as the microphone in your call app "
+          f"(the voice is delayed {1000 * vmic.delay_s:.0f} ms to meet the lips, then follows the measured delay).",
+          flush=True)
+    return vmic
 
 
 def _stop_on_signals(pipeline) -> None:

@@ -121,3 +121,49 @@ def test_run_stops_cleanly_on_sigterm_and_releases_the_camera(installed_random_m
     assert "camera closed after" in out
     frames = int(re.search(r"camera closed after (\d+) frames", out).group(1))
     assert frames > 30
+
+
+def _run_with_virtual_mic(astronaut_png: Path, speech_wav: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "run_product.py"), "run", "--photo", str(astronaut_png), "--audio-file",
+         str(speech_wav), "--engine", "lite", "--camera-backend", "test-recorder", "--size", "320x180",
+         "--virtual-mic", "--mic-offset-ms", "25", "--seconds", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def test_run_with_the_virtual_microphone_makes_it_and_removes_it(pulse_server, astronaut_png, speech_wav):
+    from test_virtual_mic import defaults, device_names
+
+    from avatar_cam.virtual_mic import SINK, SOURCE
+
+    before = defaults(pulse_server)
+    proc = _run_with_virtual_mic(astronaut_png, speech_wav, os.environ.copy())
+    try:
+        deadline = time.monotonic() + 30
+        while SOURCE not in device_names(pulse_server) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = SOURCE in device_names(pulse_server)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and seen, err
+    assert "Avatar Cam Microphone is live: choose 'Avatar Cam Microphone' as the microphone" in out
+    assert int(re.search(r"camera closed after (\d+) frames", out).group(1)) > 30
+    assert not {SINK, SOURCE} & device_names(pulse_server)
+    assert defaults(pulse_server) == before
+
+
+def test_run_without_a_sound_server_warns_and_the_camera_runs(astronaut_png, speech_wav):
+    env = {**os.environ, "PULSE_SERVER": "unix:/nonexistent/avatar-cam-test/native"}
+    proc = _run_with_virtual_mic(astronaut_png, speech_wav, env)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "warning: no Avatar Cam Microphone" in err and "the camera runs without it" in err
+    assert "pactl info" in err and "Traceback" not in err
+    assert int(re.search(r"camera closed after (\d+) frames", out).group(1)) > 30
