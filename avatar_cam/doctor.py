@@ -248,19 +248,22 @@ def _listed(module: str, modules_load: str) -> bool:
 
 
 def check_tray():
+    """The daemon's own verdict (tray.tray_available, which picks the backend the daemon will use), explained."""
+    from . import tray
+
     system = _system()
-    if system == "linux" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return (False, "no graphical session (DISPLAY and WAYLAND_DISPLAY are unset), so no tray icon; the camera "
-                "runs without one", "avatar-cam run --no-tray --photo PHOTO")
-    desktop = os.environ.get("XDG_CURRENT_DESKTOP", "")
-    if system == "linux" and "GNOME" in desktop.upper() and not _appindicator_typelib():
-        return (False, "GNOME shows tray icons only through AppIndicator, and its library is missing",
-                _linux_install("gir1.2-ayatanaappindicator3-0.1 libayatana-appindicator3-1 gnome-shell-extension-appindicator",
-                               "libayatana-appindicator-gtk3 gnome-shell-extension-appindicator"))
-    works, backend = _tray_backend()
+    works, backend = tray.tray_available()
     if not works:
+        if backend.startswith(tray.NO_DISPLAY):
+            return False, backend, "avatar-cam daemon --no-tray  # or: avatar-cam run --no-tray --photo PHOTO"
         fix = _pygobject_fix() if system == "linux" else f'"{sys.executable}" -m pip install --force-reinstall pystray'
         return False, f"no tray icon: {backend}", fix
+    desktop = os.environ.get("XDG_CURRENT_DESKTOP", "")
+    if system == "linux" and tray.choose_backends()[0] == "appindicator" and backend != "appindicator":
+        return (False, f"this desktop ({desktop or 'Wayland'}) shows tray icons only through AppIndicator, and it "
+                f"did not load (the {backend} backend was used instead, which it does not show)",
+                _linux_install("gir1.2-ayatanaappindicator3-0.1 libayatana-appindicator3-1 gnome-shell-extension-appindicator",
+                               "libayatana-appindicator-gtk3 gnome-shell-extension-appindicator"))
     if system == "linux" and backend == "xorg":
         if importlib.util.find_spec("gi") is None:
             return (False, "the tray fell back to the plain X11 backend, which has no menu: PyGObject is missing",
@@ -276,25 +279,6 @@ def _pygobject_fix() -> str:
         "gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1 libgirepository1.0-dev libcairo2-dev pkg-config python3-dev",
         "gtk3 libayatana-appindicator-gtk3 gobject-introspection-devel cairo-gobject-devel pkgconf-pkg-config python3-devel")
     return f'{system_libs} && "{sys.executable}" -m pip install "PyGObject<3.51"'
-
-
-def _tray_backend() -> tuple[bool, str]:
-    """(True, the pystray backend the tray will use) or (False, why none works): the daemon's own choice."""
-    try:
-        from .tray import tray_available
-    except ImportError:  # no tray module: ask pystray which backend it picks by itself
-        try:
-            import pystray
-        except Exception as exc:  # pystray raises Xlib errors, not ImportError, for a bad display
-            return False, f"pystray cannot start: {type(exc).__name__}: {exc}"
-        return True, pystray.Icon.__module__.rsplit("_", 1)[-1]
-    return tray_available()
-
-
-def _appindicator_typelib() -> bool:
-    roots = [Path("/usr/lib"), Path("/usr/lib64"), *Path("/usr/lib").glob("*-linux-gnu")]
-    names = ("AyatanaAppIndicator3-0.1.typelib", "AppIndicator3-0.1.typelib")
-    return any((root / "girepository-1.0" / n).is_file() for root in roots for n in names)
 
 
 def check_openvino():

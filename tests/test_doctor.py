@@ -207,3 +207,34 @@ def test_macos_camera_needs_obs_30(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(doctor, "_run", lambda *cmd, **kw: argparse.Namespace(stdout="0 extension(s)\n", returncode=0))
     ok, detail, fix = doctor.check_virtual_camera()
     assert not ok and "start OBS once" in detail and fix == "open -a OBS"
+
+
+def test_the_tray_check_explains_the_daemon_s_own_verdict(monkeypatch: pytest.MonkeyPatch):
+    from avatar_cam import tray
+
+    def daemon_says(works: bool, backend: str) -> None:
+        monkeypatch.setattr(tray, "tray_available", lambda: (works, backend))
+
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.delenv("PYSTRAY_BACKEND", raising=False)
+    monkeypatch.delenv("XDG_SESSION_TYPE", raising=False)
+    monkeypatch.setenv("XDG_CURRENT_DESKTOP", "ubuntu:GNOME")
+    daemon_says(True, "appindicator")
+    ok, detail, _ = doctor.check_tray()
+    assert ok and "appindicator" in detail
+    daemon_says(True, "gtk")  # GNOME does not show a GTK status icon: AppIndicator did not load
+    ok, detail, fix = doctor.check_tray()
+    assert not ok and "only through AppIndicator" in detail and "appindicator" in fix.lower()
+
+    monkeypatch.setenv("XDG_CURRENT_DESKTOP", "XFCE")
+    daemon_says(True, "gtk")
+    assert doctor.check_tray()[0]
+    daemon_says(True, "xorg")
+    ok, detail, _ = doctor.check_tray()
+    assert not ok and "plain X11 backend, which has no menu" in detail
+    daemon_says(False, tray.NO_DISPLAY + " (DISPLAY and WAYLAND_DISPLAY are not set)")
+    ok, detail, fix = doctor.check_tray()
+    assert not ok and detail.startswith("no display") and "--no-tray" in fix
+    daemon_says(False, "gtk: ValueError: Namespace Gtk not available")
+    ok, detail, fix = doctor.check_tray()
+    assert not ok and "Namespace Gtk" in detail and "PyGObject" in fix
