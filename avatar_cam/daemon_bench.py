@@ -1,0 +1,326 @@
+"""`avatar-cam bench startup` and `avatar-cam bench photo-switch`: the daemon's two targets (issue 4).
+
+- startup: from launching `avatar-cam daemon --no-tray` (or `avatar-cam run`) to its first frame in the
+  virtual camera, with a warm model cache; target under 3 s. Each launch is a new process, as a user's start
+  is. The first launch fills the caches (converted IR, compiled model) and is reported apart, as `cold_s`.
+- photo-switch: from `Controller.set_photo` to the first camera frame that shows the new face, with the camera
+  left open; target under 1 s. A frame shows the new face when it is nearer (mean absolute difference) to the
+  new photo's still frame than to the old one's.
+
+Both run in a private home (XDG dirs in a temporary folder) with the Wav2Lip weights installed there: the
+user's installed model if there is one, else seeded random weights in the published layout (same network,
+same cost). The camera is a pyvirtualcam backend registered here that notes when frames arrive: the bench
+measures our side, not a device driver. Figures are medians over `--runs` repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+STARTUP_TARGET_S = 3.0
+PHOTO_SWITCH_TARGET_S = 1.0
+FIRST_FRAME_BACKEND = "avatar-cam-bench-first-frame"
+FIRST_FRAME_ENV = "AVATAR_CAM_BENCH_FIRST_FRAME"  # where the launched process writes its first frame's time
+FRAMES_BACKEND = "avatar-cam-bench-frames"
+
+
+class FirstFrameCamera:
+    """A pyvirtualcam backend that writes the `time.monotonic()` of the first frame to $AVATAR_CAM_BENCH_FIRST_FRAME.
+
+    The monotonic clock is the machine's, so the launching process can compare it with its own."""
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self._path = os.environ.get(FIRST_FRAME_ENV)
+
+    def send(self, frame) -> None:
+        if self._path:
+            now = time.monotonic()
+            tmp = f"{self._path}.part"
+            with open(tmp, "w") as f:
+                f.write(repr(now))
+            os.replace(tmp, self._path)  # the reader never sees half a number
+            self._path = None
+
+    def close(self) -> None:
+        pass
+
+    def device(self) -> str:
+        return "bench-first-frame"
+
+    def native_fourcc(self):
+        return None
+
+
+class FramesCamera(FirstFrameCamera):
+    """A pyvirtualcam backend that keeps the last second or so of frames with their arrival times."""
+
+    opened: list[FramesCamera] = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self.shape = (height, width, 3)
+        self._lock = threading.Lock()
+        self._frames: list[tuple[float, np.ndarray]] = []
+        self.keep = max(10, int(fps * 1.5))
+        FramesCamera.opened.append(self)
+
+    def send(self, frame) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._frames.append((now, np.asarray(frame).reshape(self.shape).copy()))
+            del self._frames[: -self.keep]
+
+    def since(self, t: float) -> list[tuple[float, np.ndarray]]:
+        with self._lock:
+            return [(ft, f) for ft, f in self._frames if ft > t]
+
+    def device(self) -> str:
+        return "bench-frames"
+
+
+# Launched in a fresh Python: the real CLI, with the first-frame camera registered (as a backend named
+# explicitly, so it can never stand in for a missing real camera).
+_LAUNCH = f"""
+import sys, pyvirtualcam
+from avatar_cam.daemon_bench import FirstFrameCamera
+pyvirtualcam.register_backend({FIRST_FRAME_BACKEND!r}, FirstFrameCamera)
+from avatar_cam.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# ------------------------------------------------------------------------------------------- a private home
+
+
+@contextlib.contextmanager
+def private_home(checkpoint: Path | None):
+    """A temporary home (XDG dirs, a short runtime dir for the control socket) with the Wav2Lip weights
+    installed in it; yields (workdir, env, weights note). os.environ points at it while the block runs."""
+    from .bench import _checkpoint_for_bench
+    from .model_store import import_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp:
+        work = Path(tmp)
+        runtime = Path(tempfile.mkdtemp(prefix="acb-", dir="/tmp" if os.name != "nt" else None))  # socket paths are short
+        runtime.chmod(0o700)
+        ckpt, weights = _checkpoint_for_bench(checkpoint, work)  # the user's model, looked up before we move home
+        env = {"XDG_RUNTIME_DIR": str(runtime)}
+        for var, sub in (("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"),
+                         ("XDG_STATE_HOME", "state")):
+            (work / "home" / sub).mkdir(parents=True)
+            env[var] = str(work / "home" / sub)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            import_checkpoint(ckpt, name="wav2lip_gan")
+            yield work, env, weights
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _photos(photo: Path | None, other: Path | None, work: Path) -> tuple[Path, Path]:
+    """Two portraits: the given ones, or the astronaut and her mirror image (another picture of a face)."""
+    import cv2
+
+    from .bench import bench_photo
+
+    first = bench_photo(photo, work)
+    if other is None:
+        other = work / "other.png"
+        cv2.imwrite(str(other), np.ascontiguousarray(cv2.imread(str(first))[:, ::-1]))
+    return first, other
+
+
+def _median(values: list[float]) -> float:
+    return round(float(np.median(values)), 3)
+
+
+# ------------------------------------------------------------------------------------------------ startup
+
+
+def _launch_once(argv: list[str], env: dict, marker: Path, log: Path, timeout: float) -> tuple[float, str | None]:
+    """Launch the CLI with `argv`; (seconds from the launch to its first frame, the engine a daemon says it
+    runs). Ends it with SIGTERM."""
+    from . import control
+    from .errors import AvatarCamError
+
+    marker.unlink(missing_ok=True)
+    with open(log, "ab") as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, *argv], env={**env, FIRST_FRAME_ENV: str(marker)},
+                                stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    try:
+        while not marker.exists():
+            if proc.poll() is not None or time.monotonic() - t0 > timeout:
+                tail = log.read_text(errors="replace")[-1500:]
+                raise AvatarCamError(f"`avatar-cam {' '.join(argv)}` showed no frame within {timeout:.0f} s "
+                                     f"(exit status {proc.poll()}):\n{tail}")
+            time.sleep(0.005)
+        took = float(marker.read_text()) - t0
+        engine = control.send("status", timeout=30)["status"]["engine"] if argv[0] == "daemon" else None
+        return took, engine
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: the daemon shuts down as on logout
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def startup_bench(runs: int = 5, via: str = "daemon", photo: Path | None = None, checkpoint: Path | None = None,
+                  size: str = "1280x720", fps: float = 30.0, engine: str = "wav2lip", timeout: float = 180.0) -> dict:
+    from .compositor import parse_size
+    from .settings import Settings
+
+    w, h = parse_size(size)
+    with private_home(checkpoint) as (work, env, weights):
+        photo, _ = _photos(photo, None, work)
+        if via == "daemon":
+            Settings(photo=str(photo), engine=engine, camera_backend=FIRST_FRAME_BACKEND, width=w, height=h, fps=fps,
+                     camera_on=True).save()
+            argv = ["daemon", "--no-tray"]
+        else:
+            argv = ["run", "--photo", str(photo), "--engine", engine, "--camera-backend", FIRST_FRAME_BACKEND,
+                    "--size", size, "--fps", str(fps)]
+        launch_env = {**os.environ, **env}
+        log, marker = work / "launches.log", work / "first-frame"
+        cold, _ = _launch_once(argv, launch_env, marker, log, timeout)
+        warm, used = zip(*(_launch_once(argv, launch_env, marker, log, timeout) for _ in range(runs)), strict=True)
+    return {
+        "via": via, "command": "avatar-cam daemon --no-tray" if via == "daemon" else "avatar-cam run", "runs": runs, "startup_s_p50": _median(warm),
+        "startup_s": [round(t, 3) for t in warm], "cold_s": round(cold, 3), "target_s": STARTUP_TARGET_S,
+        "meets_target": bool(np.median(warm) < STARTUP_TARGET_S), "engine": used[-1] or engine, "weights": weights,
+        "size": size, "fps": fps,
+    }
+
+
+# ------------------------------------------------------------------------------------------- photo switch
+
+
+def _still_frame(photo: Path, fmt) -> np.ndarray:
+    from .compositor import Compositor
+    from .portrait import Portrait
+
+    return Compositor(Portrait.load(photo), fmt).idle_frame.astype(np.int16)
+
+
+def _first_frame_of(camera: FramesCamera, since: float, want: np.ndarray, other: np.ndarray, timeout: float) -> float:
+    """Time of the first frame after `since` nearer to `want` than to `other`."""
+    from .errors import AvatarCamError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t, frame in camera.since(since):
+            f = frame.astype(np.int16)
+            if np.abs(f - want).mean() < np.abs(f - other).mean():
+                return t
+        time.sleep(0.005)
+    raise AvatarCamError(f"no frame of the new photo within {timeout:.0f} s")
+
+
+def photo_switch_bench(runs: int = 5, photo: Path | None = None, other: Path | None = None,
+                       checkpoint: Path | None = None, size: str = "1280x720", fps: float = 30.0,
+                       engine: str = "wav2lip", timeout: float = 30.0) -> dict:
+    import pyvirtualcam
+
+    from .compositor import OutputFormat, parse_size
+    from .controller import Controller
+    from .errors import AvatarCamError
+    from .settings import Settings
+
+    w, h = parse_size(size)
+    pyvirtualcam.register_backend(FRAMES_BACKEND, FramesCamera)
+    FramesCamera.opened.clear()
+    with private_home(checkpoint) as (work, _env, weights):
+        photos = _photos(photo, other, work)
+        stills = [_still_frame(p, OutputFormat(w, h)) for p in photos]
+        controller = Controller(Settings(photo=str(photos[0]), engine=engine, camera_backend=FRAMES_BACKEND,
+                                         width=w, height=h, fps=fps), persist=False)
+        controller.start()
+        try:
+            camera = FramesCamera.opened[0]
+            _first_frame_of(camera, 0.0, stills[0], stills[1], timeout)  # running, on the first photo
+            switch, load = [], []
+            for i in range(runs):
+                new = (i + 1) % 2
+                t0 = time.monotonic()
+                controller.set_photo(photos[new])
+                load.append(time.monotonic() - t0)
+                switch.append(_first_frame_of(camera, t0, stills[new], stills[1 - new], timeout) - t0)
+            engine_used = controller.status().engine
+        finally:
+            controller.stop()
+    if len(FramesCamera.opened) != 1:
+        raise AvatarCamError(f"the camera was opened {len(FramesCamera.opened)} times: a photo switch reopened it")
+    return {
+        "runs": runs, "switch_s_p50": _median(switch), "switch_s": [round(t, 3) for t in switch],
+        "set_photo_s_p50": _median(load), "camera_opens": len(FramesCamera.opened), "target_s": PHOTO_SWITCH_TARGET_S,
+        "meets_target": bool(np.median(switch) < PHOTO_SWITCH_TARGET_S), "engine": engine_used, "weights": weights,
+        "size": size, "fps": fps,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def register(kinds: argparse._SubParsersAction) -> None:
+    """Add `startup` and `photo-switch` to bench.py's KIND subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs", type=int, default=5, help="repetitions; the median is reported (default 5)")
+    common.add_argument("--photo", type=Path, help="portrait (default: scikit-image's astronaut, if installed)")
+    common.add_argument("--checkpoint", type=Path, help="weights (default: the installed model, else seeded random weights)")
+    common.add_argument("--engine", choices=("wav2lip", "lite"), default="wav2lip")
+    common.add_argument("--size", default="1280x720")
+    common.add_argument("--fps", type=float, default=30.0)
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p = kinds.add_parser("startup", parents=[common],
+                         help=f"launch to first camera frame, warm model cache (target < {STARTUP_TARGET_S:g} s)")
+    p.add_argument("--via", choices=("daemon", "run"), default="daemon",
+                   help="launch `avatar-cam daemon --no-tray` (default: what `avatar-cam` starts) or `avatar-cam run`")
+    p.set_defaults(func=run_startup)
+    p = kinds.add_parser("photo-switch", parents=[common],
+                         help=f"set_photo to the first frame of the new face, camera open (target < {PHOTO_SWITCH_TARGET_S:g} s)")
+    p.add_argument("--other", type=Path, help="the second portrait (default: the first one mirrored)")
+    p.set_defaults(func=run_photo_switch)
+
+
+def run_startup(args: argparse.Namespace) -> int:
+    r = startup_bench(args.runs, args.via, args.photo, args.checkpoint, args.size, args.fps, args.engine)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"startup: `{r['command']}` to the first camera frame, {r['engine']} ({r['weights']}), {r['size']}")
+    print(f"  warm: median {r['startup_s_p50']:.2f} s over {r['runs']} launches {r['startup_s']} "
+          f"(target < {r['target_s']:g} s: {'met' if r['meets_target'] else 'MISSED'})")
+    print(f"  cold (first launch, caches empty): {r['cold_s']:.2f} s")
+    return 0
+
+
+def run_photo_switch(args: argparse.Namespace) -> int:
+    r = photo_switch_bench(args.runs, args.photo, args.other, args.checkpoint, args.size, args.fps, args.engine)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"photo switch: set_photo to the first frame of the new face, {r['engine']} ({r['weights']}), {r['size']}")
+    print(f"  median {r['switch_s_p50']:.3f} s over {r['runs']} switches {r['switch_s']} "
+          f"(target < {r['target_s']:g} s: {'met' if r['meets_target'] else 'MISSED'}); "
+          f"set_photo itself (loading the photo) {r['set_photo_s_p50']:.3f} s; camera opened {r['camera_opens']}x")
+    return 0
