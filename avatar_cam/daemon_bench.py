@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
+from .bench import _CountingCamera
+
 STARTUP_TARGET_S = 3.0
 PHOTO_SWITCH_TARGET_S = 1.0
 FIRST_FRAME_BACKEND = "avatar-cam-bench-first-frame"
@@ -36,12 +39,13 @@ FIRST_FRAME_ENV = "AVATAR_CAM_BENCH_FIRST_FRAME"  # where the launched process w
 FRAMES_BACKEND = "avatar-cam-bench-frames"
 
 
-class FirstFrameCamera:
+class FirstFrameCamera(_CountingCamera):
     """A pyvirtualcam backend that writes the `time.monotonic()` of the first frame to $AVATAR_CAM_BENCH_FIRST_FRAME.
 
     The monotonic clock is the machine's, so the launching process can compare it with its own."""
 
     def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        super().__init__(width=width, height=height, fps=fps, fourcc=fourcc, device=device)
         self._path = os.environ.get(FIRST_FRAME_ENV)
 
     def send(self, frame) -> None:
@@ -53,22 +57,17 @@ class FirstFrameCamera:
             os.replace(tmp, self._path)  # the reader never sees half a number
             self._path = None
 
-    def close(self) -> None:
-        pass
-
     def device(self) -> str:
         return "bench-first-frame"
 
-    def native_fourcc(self):
-        return None
 
-
-class FramesCamera(FirstFrameCamera):
+class FramesCamera(_CountingCamera):
     """A pyvirtualcam backend that keeps the last second or so of frames with their arrival times."""
 
     opened: list[FramesCamera] = []
 
     def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        super().__init__(width=width, height=height, fps=fps, fourcc=fourcc, device=device)
         self.shape = (height, width, 3)
         self._lock = threading.Lock()
         self._frames: list[tuple[float, np.ndarray]] = []
@@ -120,17 +119,11 @@ def private_home(checkpoint: Path | None):
                          ("XDG_STATE_HOME", "state")):
             (work / "home" / sub).mkdir(parents=True)
             env[var] = str(work / "home" / sub)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         try:
-            import_checkpoint(ckpt, name="wav2lip_gan")
-            yield work, env, weights
+            with paths.environ(env):
+                import_checkpoint(ckpt, name="wav2lip_gan")
+                yield work, env, weights
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             shutil.rmtree(runtime, ignore_errors=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -47,3 +49,19 @@ def manifest_dir() -> Path:
 
 def tray_assets_dir() -> Path:
     return _bundled("_tray_assets", "tray_assets")
+
+
+@contextlib.contextmanager
+def environ(changes: dict[str, str]):
+    """Set environment variables for the block, then put back what was there. Process-wide: callers that may
+    race (threads opening streams) hold a lock around it."""
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

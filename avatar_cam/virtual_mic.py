@@ -38,6 +38,7 @@ import subprocess
 import threading
 import time
 
+from . import paths
 from .audio_source import PORTAUDIO_LOCK, AudioRing, _sounddevice
 from .av_sync import DelayedPlayout, MeasuredDelay
 from .errors import AvatarCamError
@@ -252,17 +253,8 @@ def find_virtual_cable(system: str | None = None) -> tuple[int, str, str]:
 @contextlib.contextmanager
 def pulse_env(env: dict[str, str]):
     """Set PULSE_SINK / PULSE_SOURCE & co. while a stream opens (libpulse reads them then), then put them back."""
-    with _OPEN_LOCK:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with _OPEN_LOCK, paths.environ(env):
+        yield
 
 
 def _pulse_output_index() -> int:
