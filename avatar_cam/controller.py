@@ -540,9 +540,14 @@ class Controller:
             sink, self._preview = self._preview, None
             pipeline = self._pipeline
             if sink is not None and pipeline is not None:
-                pipeline.call_between_frames(lambda: sink in pipeline.sinks and pipeline.sinks.remove(sink))
+
+                def remove() -> None:
+                    if sink in pipeline.sinks:
+                        pipeline.sinks.remove(sink)
+
+                pipeline.call_between_frames(remove)
         if sink is not None:
-            sink.close()  # sends until the removal are dropped
+            sink.close()  # frames sent to it until the removal are dropped
 
     def _attach_vmic(self) -> None:
         """Create "Avatar Cam Microphone", fed from the ring and delayed by what the frames measure."""
