@@ -19,6 +19,7 @@ def every_field_changed() -> Settings:
         camera_backend="obs", camera_device="/dev/video10", width=640, height=480, fps=25.0, fit="pad", mirror=True,
         engine="lite", device="GPU", precision="f16", lookahead_ms=120.0, camera_on=False, start_at_login=True,
         virtual_mic=True, virtual_mic_offset_ms=35.5, idle_blinks=False, idle_head_motion=False, idle_breathing=False,
+        preview=True,
     )
 
 
