@@ -42,7 +42,9 @@ class MeasuredDelay:
 
     The delay is the p95 of recent frames' `lateness` (sound heard -> frame drawable, pacing aside) plus
     `headroom_s`, plus the manual offset. Frames then leave when their sound plays (`LivePipeline.pace`), so the
-    few drawn later than that are the only ones off, and by little. Only frames with a moving mouth count when
+    few drawn later than that are the only ones off, and by little. Every change of the delay makes the playout
+    re-align the voice, so it moves with hysteresis: up at once when frames get later, down only when they have
+    been clearly earlier (by `settle_s`) for a whole window. Only frames with a moving mouth count when
     there are some: idle frames skip inference and are ready earlier, and only the moving mouth shows whether
     voice and lips agree.
     Threads: `observe` runs on the pipeline's frame thread (as `LivePipeline.on_frame`); `seconds` may be read
@@ -50,13 +52,17 @@ class MeasuredDelay:
     """
 
     def __init__(self, offset_ms: float = 0.0, initial_s: float = 0.2, window: int = 150,
-                 percentile: float = 95.0, headroom_s: float = 0.004):
+                 percentile: float = 95.0, headroom_s: float = 0.004, settle_s: float = 0.010):
         self.offset_ms = float(offset_ms)
         self.measured_s = float(initial_s)
         self.percentile = percentile
         self.headroom_s = headroom_s
+        self.settle_s = settle_s
+        self._measured_once = False
         # Five seconds of frames: a steady target the playout can follow without audible slews.
         self._talking: deque[float] = deque(maxlen=window)
+        # A p95 of a handful of frames is just the slowest one (a busy moment); of 20, one slow frame weighs 5%.
+        self._enough = min(20, window)
         self._any: deque[float] = deque(maxlen=window)
         self._seen = 0
 
@@ -67,9 +73,12 @@ class MeasuredDelay:
         (self._talking if record.inferred else self._any).append(lateness)
         self._seen += 1
         if self._seen % 5 == 0:  # the percentile is cheap, but not free at 30 fps
-            pool = self._talking if len(self._talking) >= 10 else self._any if len(self._any) >= 10 else None
+            enough = self._enough
+            pool = self._talking if len(self._talking) >= enough else self._any if len(self._any) >= enough else None
             if pool is not None:
-                self.measured_s = float(np.percentile(pool, self.percentile)) + self.headroom_s
+                wanted = float(np.percentile(pool, self.percentile)) + self.headroom_s
+                if not self._measured_once or wanted > self.measured_s or wanted < self.measured_s - self.settle_s:
+                    self.measured_s, self._measured_once = wanted, True
 
     @property
     def seconds(self) -> float:
@@ -133,14 +142,16 @@ class DriftCorrector:
     clock mismatch between input and output, so a constant drift leaves no error; the rate never moves more
     than `max_rate_dev` (0.3%: 5 cents, inaudible) from nominal. Large errors (start, a stalled microphone,
     a changed offset) are removed by a jump once they persist for `confirm` blocks, and any error during
-    silence at once; the playout crossfades jumps.
+    silence at once; the playout crossfades jumps. A voice that is late waits up to `patience_s` for a pause
+    before it jumps: jumping forward mid-phrase would cut words out.
 
     Pure: call `update` once per output block with that block's play time, the heard time of the sample at
     the play head, the target delay, and whether the audio there is silent.
     """
 
     def __init__(self, max_rate_dev: float = 0.003, loop_s: float = 10.0, smooth_s: float = 0.5,
-                 jump_above_s: float = 0.04, snap_in_quiet_above_s: float = 0.005, confirm: int = 3):
+                 jump_above_s: float = 0.04, snap_in_quiet_above_s: float = 0.005, confirm: int = 3,
+                 patience_s: float = 2.0):
         self.max_rate_dev = max_rate_dev
         self.kp = 2.0 / loop_s  # critically damped, natural frequency 1/loop_s
         self.ki = 1.0 / loop_s**2
@@ -148,6 +159,8 @@ class DriftCorrector:
         self.jump_above_s = jump_above_s
         self.snap_above_s = snap_in_quiet_above_s
         self.confirm = confirm  # a large error must persist this many blocks: one odd timestamp is not a jump
+        self.patience_s = patience_s
+        self._late_since: float | None = None  # when the voice, playing, was first found too late
         self.error_s = 0.0  # smoothed delay error (seconds; > 0: the voice is late)
         self.drift = 0.0  # the integral: the estimated rate mismatch between the two clocks
         self.rate = 1.0
@@ -162,11 +175,15 @@ class DriftCorrector:
             same_side = self._large and (self._large[-1] > 0) == (error > 0)
             self._large = [*self._large, error] if same_side else [error]
             if quiet or len(self._large) >= self.confirm:
+                if error > 0 and not quiet:
+                    self._late_since = play_time if self._late_since is None else self._late_since
+                    if play_time - self._late_since < self.patience_s:
+                        return Correction(self.rate)  # late, mid-phrase: wait for a pause
                 jump = min(self._large, key=abs)  # the most cautious of the confirming errors: never overshoot
-                self.error_s, self._large = 0.0, []
+                self.error_s, self._large, self._late_since = 0.0, [], None
                 return Correction(self.rate, jump)
             return Correction(self.rate)  # wait for confirmation; keep the loop's state as it was
-        self._large = []
+        self._large, self._late_since = [], None
         self.error_s = error if not dt else self.error_s + (error - self.error_s) * min(1.0, dt / self.smooth_s)
         if quiet and abs(self.error_s) > self.snap_above_s:
             jump, self.error_s = self.error_s, 0.0
@@ -302,6 +319,15 @@ class DelayedPlayout:
         oldest = max(0, self.ring.total - self.ring.capacity) + TAPS
         return float(min(max(due, oldest), self.ring.total))
 
+    def _quiet_until(self, target: float) -> float:
+        """`target`, or, if there is sound between the play head and it, a few ms before that sound starts."""
+        start = math.floor(self.pos)
+        x = self.ring.read(start, max(0, math.ceil(target) - start))
+        loud = np.flatnonzero(np.abs(x) >= QUIET_PEAK)
+        if loud.size == 0:
+            return target
+        return min(target, start + int(loud[0]) - 2 * self.fade * self.step)
+
     def _quiet(self, count: int) -> bool:
         x = self.ring.read(math.floor(self.pos), math.ceil(count * self.step) + 2)
         return float(np.abs(x).max(initial=0.0)) < QUIET_PEAK
@@ -341,6 +367,8 @@ class DelayedPlayout:
             # the newest audio, but with a cushion of one resampler chunk, so it plays on instead of stuttering.
             newest = self.ring.total - (TAPS // 2 + 2) - (n + 2 * self.fade) * self.step - 0.06 * SAMPLE_RATE
             target = min(self.pos + correction.jump_s * SAMPLE_RATE, newest)
+            if quiet and self._sounding:  # in a pause: skip only the pause, never the next word's start
+                target = self._quiet_until(target)
             if target > self.pos + self.fade * self.step:
                 self.jumps += 1
                 self._fade_out(out, i)
@@ -552,6 +580,22 @@ def _wait_until_flowing(ring: AudioRing, timeout: float = 10.0) -> None:
     raise AvatarCamError(f"no audio arrived within {timeout:.0f} s", hint="is the sound server running? `pactl info`")
 
 
+def _wait_until_settled(pipeline, timeout: float = 20.0) -> None:
+    """Until frames have come for 3 s and their lateness holds still (within 3 ms over a second).
+
+    A sound server may hand a new stream's first seconds over late and then catch up (PulseAudio does, for a
+    null sink's monitor); measuring sync while the delay still follows that would measure the catching up.
+    """
+    start, previous = time.monotonic(), None
+    while time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        recent = [r.lateness for r in pipeline.stats.records[-30:] if r.index >= 0 and r.lateness is not None]
+        now = float(np.median(recent)) if len(recent) >= 10 else None
+        if now is not None and previous is not None and abs(now - previous) < 0.003 and time.monotonic() - start >= 3:
+            return
+        previous = now
+
+
 def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path | None = None,
                   checkpoint: Path | None = None, size: str = "1280x720", fps: float = 30.0,
                   offset_ms: float = 0.0) -> dict:
@@ -610,7 +654,7 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         frames.start()
         stack.callback(frames.join, 10)
         stack.callback(pipeline.stop)
-        time.sleep(3.0)  # silence first: the pipeline settles and its delay is measured
+        _wait_until_settled(pipeline)  # silence first: the input's latency settles and the delay is measured
         player = subprocess.Popen(["paplay", "-d", speaker, str(speech)], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(player.kill)

@@ -62,9 +62,13 @@ class Wav2LipLipSync:
     def __init__(self, engine):
         self.engine = engine
         self._features: list[np.ndarray] | None = None
+        self._warm = False
 
     def set_face(self, portrait: Portrait) -> None:
         self._features = self.engine.encode_face(portrait.face_input[None])
+        if not self._warm:  # OpenVINO's first inference is slow (0.1-0.5 s): take it now, not on the first word
+            self.engine.infer_encoded(np.full((1, 1, 80, MEL_WINDOW), SILENT_MEL, np.float32), self._features)
+            self._warm = True
 
     def lower_faces(self, mels: np.ndarray) -> np.ndarray:
         if self._features is None:

@@ -116,6 +116,20 @@ def test_a_changed_delay_is_applied_in_the_pauses_without_clicks():
     assert np.abs(np.diff(y[OUT_RATE:])).max() < 0.0288 * 1.1
 
 
+def test_a_late_voice_waits_for_a_pause_instead_of_cutting_words():
+    def bursts(s):  # 0.6 s of tone with 10 ms ramps, 0.4 s of silence
+        phase = (s / 16000) % 1.0
+        return tone(s) * np.clip(np.minimum(phase, 0.6 - phase) / 0.01, 0.0, 1.0)
+
+    # At 8.35 s the delay drops by 60 ms while a burst plays (captured at 8.10: phase 0.1); its pause starts
+    # playing at 8.85 (captured at 8.60).
+    t, err, y, play = simulate(12, signal=bursts, delay=lambda now: 0.25 if now < 8.35 else 0.19)
+    waiting = (t > 8.45) & (t < 8.8)
+    assert waiting.any() and np.all(np.abs(err[waiting] - 0.06) < 0.006)  # the burst plays on, whole
+    assert np.abs(err[t > 9.1]).max() < 0.004  # re-aligned in the pause
+    assert np.abs(np.diff(y[OUT_RATE:])).max() < 0.0288 * 1.1
+
+
 def test_a_stalled_microphone_gives_silence_then_the_voice_at_the_right_delay():
     t, err, y, play = simulate(12, stall=(4.0, 5.5))
     assert play.underruns >= 1
@@ -158,15 +172,24 @@ def record(index: int, lateness: float, inferred: bool) -> SimpleNamespace:
 def test_measured_delay_covers_nearly_every_moving_mouth_plus_the_offset():
     delay = MeasuredDelay(offset_ms=10, initial_s=0.3)
     assert delay.seconds == pytest.approx(0.31)
-    for k in range(40):  # idle frames only: their lateness is all there is
+    for k in range(10):  # too few frames to say
+        delay.observe(None, record(k, 0.180, False))
+    assert delay.seconds == pytest.approx(0.31)
+    for k in range(10, 100):  # idle frames only: their lateness is all there is
         delay.observe(None, record(k, 0.180, False))
     assert delay.seconds == pytest.approx(0.180 + delay.headroom_s + 0.010)
     rng = np.random.default_rng(0)
-    for k in range(40, 300):  # a mouth moving: inference makes these frames later, and they are what a viewer sees
+    for k in range(100, 400):  # a mouth moving: inference makes these frames later, and they are what a viewer sees
         delay.observe(None, record(k, rng.uniform(0.190, 0.210), True))
         delay.observe(None, record(k, 0.180, False))
     # The voice waits until ~95% of the moving mouths are drawn; the time pacing holds them never counts.
     assert delay.seconds == pytest.approx(0.209 + delay.headroom_s + 0.010, abs=0.0015)
+    for k in range(400, 600):  # frames a little earlier: not worth re-aligning the voice for
+        delay.observe(None, record(k, rng.uniform(0.185, 0.205), True))
+    assert delay.seconds == pytest.approx(0.209 + delay.headroom_s + 0.010, abs=0.0015)
+    for k in range(600, 800):  # clearly earlier for a whole window: the voice waits less
+        delay.observe(None, record(k, rng.uniform(0.160, 0.180), True))
+    assert delay.seconds == pytest.approx(0.179 + delay.headroom_s + 0.010, abs=0.0015)
     delay.observe(None, SimpleNamespace(index=-1, lateness=None, emitted=5.0, inferred=False))  # keep-alive
     delay.offset_ms = -300
     assert delay.seconds == 0.0  # never negative
