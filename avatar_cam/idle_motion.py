@@ -16,10 +16,9 @@ of `region`, about 1.5 ms at 1280x720 on a 2-core machine.
 
 from __future__ import annotations
 
+import math
 from array import array
 from bisect import bisect_right
-
-import math
 from dataclasses import dataclass
 
 import cv2

@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import camera_recorder  # noqa: E402
+
 from avatar_cam.cli import main  # noqa: E402
 
 

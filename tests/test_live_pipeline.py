@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 import time
 
+import camera_recorder
 import numpy as np
 import pytest
 
-import camera_recorder
 from avatar_cam.audio_source import AudioRing, FileSource, MicrophoneSource, load_audio
 from avatar_cam.compositor import OutputFormat
 from avatar_cam.engine import Wav2LipEngine
@@ -175,7 +175,7 @@ def test_paced_frames_leave_when_their_sound_plays_and_none_is_skipped(engine, a
     # rule frames would be dropped. (A loaded machine may still skip one that is really late.)
     assert len(live) > 0.95 * (live[-1].index - live[0].index + 1)
     due = np.array([r.heard + delay for r in live])
-    on_time = np.array([r.drawn < d for r, d in zip(live, due)])
+    on_time = np.array([r.drawn < d for r, d in zip(live, due, strict=True)])
     assert on_time.mean() > 0.9
     error = np.array([r.emitted for r in live])[on_time] - due[on_time]
     assert np.percentile(np.abs(error), 95) < 0.005  # to the millisecond, not to the frame (33 ms)

@@ -14,11 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import soundfile
+from helpers import run_cli
 
 from avatar_cam.compositor import Compositor, OutputFormat
 from avatar_cam.portrait import Portrait
 from avatar_cam.sinks import ffmpeg_exe
-from helpers import run_cli
 
 HERE = Path(__file__).parent
 
