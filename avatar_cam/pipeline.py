@@ -182,7 +182,7 @@ class LivePipeline:
                     return
                 frame, rec, due = item
                 wait = due - time.monotonic()
-                if wait > 0 and not self._stop.wait(wait) or wait <= 0:
+                if wait <= 0 or not self._stop.wait(wait):  # (a stop while waiting drops the frame)
                     self._emit(frame, rec)
             except Exception:  # noqa: BLE001  (never let a callback kill the camera's frames)
                 log.exception("sending a paced frame failed")
