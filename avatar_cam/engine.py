@@ -233,8 +233,7 @@ class Wav2LipEngine:
         return cls(compiled, report, first_row)
 
     def encode_face(self, face: np.ndarray) -> list[np.ndarray]:
-        """face (B,6,96,96) -> the face's seven contributions to the decoder (see `SKIP_CONSUMERS`); B=1 serves
-        any batch in `infer_encoded`."""
+        """face (B,6,96,96) -> the seven skip-connection feature maps; B=1 serves any batch in `infer_encoded`."""
         face = np.ascontiguousarray(face, dtype=np.float32)
         if face.ndim != 4 or face.shape[1:] != (6, 96, 96):
             raise ValueError(f"face must be (B,6,96,96), got {face.shape}")

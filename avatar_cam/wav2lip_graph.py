@@ -12,7 +12,7 @@ import openvino.opset13 as ops
 from .wav2lip_arch import AUDIO_ENCODER, BN_EPS, FACE_DECODER, FACE_ENCODER, OUTPUT_BLOCK, ConvLayer
 
 # Bump when the graph changes, so IR files cached by an older version are rebuilt.
-GRAPH_VERSION = 3
+GRAPH_VERSION = 2
 
 
 def fold_batchnorm(layer: ConvLayer, w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -28,18 +28,16 @@ def fold_batchnorm(layer: ConvLayer, w: dict[str, np.ndarray]) -> tuple[np.ndarr
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def _conv(x, kernel: np.ndarray, layer: ConvLayer) -> ov.Node:
-    """The layer's (transposed) convolution with this kernel, without bias."""
+def _layer(x: ov.Node, layer: ConvLayer, w: dict[str, np.ndarray]) -> ov.Node:
+    kernel, bias = fold_batchnorm(layer, w)
     pads, one = [layer.pad, layer.pad], [1, 1]
     if layer.transposed:
-        return ops.convolution_backprop_data(
+        y = ops.convolution_backprop_data(
             x, ops.constant(kernel), list(layer.stride), pads_begin=pads, pads_end=pads, dilations=one,
             output_padding=[layer.output_padding] * 2,
         )
-    return ops.convolution(x, ops.constant(kernel), list(layer.stride), pads, pads, one)
-
-
-def _finish(y: ov.Node, x, layer: ConvLayer, bias: np.ndarray) -> ov.Node:
+    else:
+        y = ops.convolution(x, ops.constant(kernel), list(layer.stride), pads, pads, one)
     y = ops.add(y, ops.constant(bias.reshape(1, -1, 1, 1)))
     if layer.plain:
         return y
@@ -48,12 +46,7 @@ def _finish(y: ov.Node, x, layer: ConvLayer, bias: np.ndarray) -> ov.Node:
     return ops.relu(y)
 
 
-def _layer(x, layer: ConvLayer, w: dict[str, np.ndarray]) -> ov.Node:
-    kernel, bias = fold_batchnorm(layer, w)
-    return _finish(_conv(x, kernel, layer), x, layer, bias)
-
-
-def _sequence(x, layers: list[ConvLayer], w: dict[str, np.ndarray]) -> ov.Node:
+def _sequence(x: ov.Node, layers: list[ConvLayer], w: dict[str, np.ndarray]) -> ov.Node:
     for layer in layers:
         x = _layer(x, layer, w)
     return x
@@ -61,40 +54,19 @@ def _sequence(x, layers: list[ConvLayer], w: dict[str, np.ndarray]) -> ov.Node:
 
 FEATURE_SHAPES = [(16, 96, 96), (32, 48, 48), (64, 24, 24), (128, 12, 12), (256, 6, 6), (512, 3, 3), (512, 1, 1)]
 
-# The decoder concatenates each stage's output with a face feature (feat6 first, feat0 last) and convolves the
-# pair: these are the layers that do, in order. Convolution is linear, so W * [y; f] = W_y * y + W_f * f, and
-# for a still portrait W_f * f never changes: the face encoder computes it once (`skip0`..`skip6`) and the
-# generator adds it, skipping 20-50% of those layers' work.
-SKIP_CONSUMERS: list[ConvLayer] = [stage[0] for stage in FACE_DECODER[1:]] + [OUTPUT_BLOCK[0]]
-
-
-def _split_kernel(layer: ConvLayer, w: dict[str, np.ndarray], skip_channels: int):
-    """(kernel for the decoder's own channels, kernel for the face feature's, bias)."""
-    kernel, bias = fold_batchnorm(layer, w)
-    own = layer.cin - skip_channels  # input channels are axis 1 of a Conv2d kernel, axis 0 of a transposed one
-    if layer.transposed:
-        return np.ascontiguousarray(kernel[:own]), np.ascontiguousarray(kernel[own:]), bias
-    return np.ascontiguousarray(kernel[:, :own]), np.ascontiguousarray(kernel[:, own:]), bias
-
 
 def build_face_encoder(weights: dict[str, np.ndarray]) -> ov.Model:
-    """face (B,6,96,96) -> what the decoder takes from the face: `skip0`..`skip6`, each face feature already
-    convolved by the decoder layer that consumes it (see SKIP_CONSUMERS), full size.
+    """face (B,6,96,96) -> the seven feature maps the decoder's skip connections take (`feat0`..`feat6`).
 
     For a still portrait the face never changes, so the pipeline runs this once per photo.
     """
     face = ops.parameter([-1, 6, 96, 96], np.float32, name="face")
     feats, x = [], face
-    for stage in FACE_ENCODER:
+    for i, stage in enumerate(FACE_ENCODER):
         x = _sequence(x, stage, weights)
-        feats.append(x)
-    outputs = []
-    for j, (layer, feat) in enumerate(zip(SKIP_CONSUMERS, reversed(feats), strict=True)):
-        _, kernel, _ = _split_kernel(layer, weights, FEATURE_SHAPES[len(feats) - 1 - j][0])
-        out = _conv(feat, kernel, layer)
-        out.output(0).get_tensor().set_names({f"skip{j}"})
-        outputs.append(out.output(0))
-    return ov.Model(outputs, [face], "wav2lip_face_encoder")
+        x.output(0).get_tensor().set_names({f"feat{i}"})
+        feats.append(x.output(0))
+    return ov.Model(feats, [face], "wav2lip_face_encoder")
 
 
 def _k3_after_upsampling(layers: list[ConvLayer]) -> int:
@@ -137,29 +109,27 @@ def _rows_from(x: ov.Node | ov.Output, start: int) -> ov.Node | ov.Output:
 
 
 def build_generator(weights: dict[str, np.ndarray], first_row: int = 0) -> ov.Model:
-    """mel (B,1,80,16) + skip0..skip6 from the face encoder (batch B, or 1 to share one face across the batch)
-    -> (B,3,96-first_row,96) in [0,1]: rows [first_row, 96) of the generated face, computing only what those
-    rows depend on."""
+    """mel (B,1,80,16) + feat0..feat6 (batch B, or 1 to share one face across the batch) -> (B,3,96-first_row,96)
+    in [0,1]: rows [first_row, 96) of the generated face, computing only what those rows depend on."""
     if not 0 <= first_row < 96:
         raise ValueError(f"first_row must be in [0, 96), not {first_row}")
     crops = decoder_crops(first_row)
     mel = ops.parameter([-1, 1, 80, 16], np.float32, name="mel")
-    skips = [ops.parameter([-1, -1, -1, -1], np.float32, name=f"skip{j}") for j in range(len(SKIP_CONSUMERS))]
+    feat_params = [ops.parameter([-1, *shape], np.float32, name=f"feat{i}") for i, shape in enumerate(FEATURE_SHAPES)]
+    feats = list(feat_params)
     x = _sequence(mel, AUDIO_ENCODER, weights)
-    x = _sequence(x, FACE_DECODER[0], weights)
     top = 0  # the full-size row that row 0 of x stands for
-    stages = [*FACE_DECODER[1:], OUTPUT_BLOCK]
-    for j, (stage, skip) in enumerate(zip(stages, skips, strict=True)):
-        crop = crops[j + 1] if j + 1 < len(crops) else top
+    for stage, crop in zip(FACE_DECODER, crops, strict=True):
         if crop > top:
             x, top = _rows_from(x, crop - top), crop
-        first = stage[0]
-        if first.transposed and first.stride == (2, 2):
+        y = _sequence(x, stage, weights)
+        if stage[0].transposed and stage[0].stride == (2, 2):
             top *= 2
-        own, _, bias = _split_kernel(first, weights, FEATURE_SHAPES[len(FEATURE_SHAPES) - 1 - j][0])
-        # numpy broadcasting spreads a batch-1 face over any batch of mels
-        y = _finish(ops.add(_conv(x, own, first), _rows_from(skip, top)), x, first, bias)
-        x = _sequence(y, stage[1:], weights)
-    out = ops.sigmoid(_rows_from(x, first_row - top))
+        skip = _rows_from(feats.pop(), top)
+        c, h, w = FEATURE_SHAPES[len(feats)]
+        batch = ops.gather(ops.shape_of(y), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
+        target = ops.concat([batch, ops.constant(np.array([c, h - top, w], np.int64))], axis=0)
+        x = ops.concat([y, ops.broadcast(skip, target)], axis=1)
+    out = ops.sigmoid(_rows_from(_sequence(x, OUTPUT_BLOCK, weights), first_row - top))
     out.output(0).get_tensor().set_names({"lower_face"})
-    return ov.Model([out], [mel, *skips], "wav2lip_generator")
+    return ov.Model([out], [mel, *feat_params], "wav2lip_generator")
