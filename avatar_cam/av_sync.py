@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio_source import SAMPLE_RATE, AudioRing
-from .bench import _CountingCamera
+from .bench import _CountingCamera, answer, picture_options
 
 TAPS = 48  # windowed-sinc interpolation length (input samples)
 QUIET_PEAK = 10 ** (-50 / 20)  # below this (peak, -50 dBFS) a re-alignment cannot be heard
@@ -522,23 +521,19 @@ class _TimedCamera(_CountingCamera):
 
 def register(kinds) -> None:
     """Add `avatar-cam bench av-sync` to bench.py's KIND subparsers."""
-    p = kinds.add_parser("av-sync", help="voice vs lips as a call app gets them: Avatar Cam Microphone against the camera")
+    p = kinds.add_parser("av-sync", parents=[picture_options()],
+                         help="voice vs lips as a call app gets them: Avatar Cam Microphone against the camera")
     p.add_argument("--seconds", type=float, default=30.0, help="how long to speak (default 30; drift needs minutes)")
-    p.add_argument("--photo", type=Path, help="portrait (default: scikit-image's astronaut, if installed)")
-    p.add_argument("--audio", type=Path, help="speech to play, looped (default: espeak-ng speech with pauses)")
-    p.add_argument("--checkpoint", type=Path, help="weights (default: the installed model, else seeded random weights)")
-    p.add_argument("--size", default="1280x720")
-    p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--offset-ms", type=float, default=0.0, help="manual offset on top of the measured delay")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     r = av_sync_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps, args.offset_ms)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
+    return answer(args, r, _print_av_sync)
+
+
+def _print_av_sync(r: dict) -> None:
     lo, hi = r["offset_ms_p5_p95_signed"]
     print(f"voice vs lips over {r['span_s']} s of speech, {r['frames']} talking frames ({r['weights']})")
     print(f"  |offset| p50 {r['offset_ms_p50']} ms, p95 {r['offset_ms_p95']} ms  (signed p5..p95 {lo:+}..{hi:+} ms, "
@@ -549,7 +544,6 @@ def run(args) -> int:
           f"the sound was heard; voice similarity p5 {r['voice_similarity_p5']}")
     print(f"  playout: {r['jumps']} jumps, {r['holds']} holds, {r['underruns']} underruns, "
           f"clock drift {r['clock_drift_ppm']} ppm")
-    return 0
 
 
 def _need_sound_server() -> None:

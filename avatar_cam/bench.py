@@ -32,14 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--json", action="store_true", help="print JSON instead of a table")
     eng.set_defaults(func=run_engine_bench)
 
-    live = kinds.add_parser("live", help="the live path in real time: fps, late frames, mouth latency, CPU, memory")
+    live = kinds.add_parser("live", parents=[picture_options()],
+                            help="the live path in real time: fps, late frames, mouth latency, CPU, memory")
     live.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
-    live.add_argument("--photo", type=Path, help="portrait (default: scikit-image's astronaut, if installed)")
-    live.add_argument("--audio", type=Path, help="speech to play, looped (default: espeak-ng speech with pauses)")
-    live.add_argument("--checkpoint", type=Path, help="weights (default: the installed model, else seeded random weights)")
-    live.add_argument("--size", default="1280x720")
-    live.add_argument("--fps", type=float, default=30.0)
-    live.add_argument("--json", action="store_true", help="print JSON instead of a table")
     live.set_defaults(func=run_live_bench)
 
     from . import soak
@@ -53,6 +48,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     from . import daemon_bench
 
     daemon_bench.register(kinds)
+
+
+def picture_options(audio_help: str | None = "speech to play, looped (default: espeak-ng speech with pauses)"):
+    """The options of every bench that runs the picture path: photo, (audio,) weights, size, fps, --json."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--photo", type=Path, help="portrait (default: scikit-image's astronaut, if installed)")
+    if audio_help:
+        p.add_argument("--audio", type=Path, help=audio_help)
+    p.add_argument("--checkpoint", type=Path, help="weights (default: the installed model, else seeded random weights)")
+    p.add_argument("--size", default="1280x720")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def answer(args: argparse.Namespace, result: dict, describe) -> int:
+    """A bench's result: JSON with --json, else `describe(result)` prints it for people."""
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        describe(result)
+    return 0
+
+
+def run_for(pipeline, source, seconds: float, cleanup=()) -> None:
+    """Feed `pipeline` from `source` and run it on this thread for `seconds`; then stop both and run `cleanup`."""
+    timer = threading.Timer(seconds, pipeline.stop)
+    source.start()
+    timer.start()
+    try:
+        pipeline.run()
+    finally:
+        source.stop()
+        timer.cancel()
+        for close in cleanup:
+            close()
 
 
 def _checkpoint_for_bench(explicit: Path | None, workdir: Path) -> tuple[Path, str]:
@@ -194,9 +225,10 @@ def engine_bench(device: str = "CPU", checkpoint: Path | None = None, seconds: f
 
 def run_engine_bench(args: argparse.Namespace) -> int:
     r = engine_bench(args.device, args.checkpoint, args.seconds, torch_baseline=not args.no_torch)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
+    return answer(args, r, _describe_engine)
+
+
+def _describe_engine(r: dict) -> None:
     print(f"Wav2Lip engine on {r['device']} ({r['weights']})")
     print(f"{'precision':<10}" + "".join(f"{'batch ' + str(b):>10}" for b in BATCHES) + "   (ms per frame)")
     for key, label in TABLES.items():
@@ -210,7 +242,6 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     if "torch_eager_f32_ms_b1" in r:
         print(f"PyTorch eager f32 batch 1: {r['torch_eager_f32_ms_b1']:.2f} ms -> OpenVINO f32 is "
               f"{r['speedup_f32_b1_vs_torch']:.2f}x faster (same run; the live path {r['speedup_live_f32_b1_vs_torch']:.2f}x)")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------- live
@@ -307,15 +338,7 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
         source = FileSource(speech, ring, realtime=True)
         proc = psutil.Process()
         cpu0, t0 = proc.cpu_times(), time.monotonic()
-        timer = threading.Timer(seconds, pipeline.stop)
-        source.start()
-        timer.start()
-        try:
-            pipeline.run()
-        finally:
-            source.stop()
-            timer.cancel()
-            camera.close()
+        run_for(pipeline, source, seconds, cleanup=(camera.close,))
         cpu1, t1 = proc.cpu_times(), time.monotonic()
     result = summarize(pipeline.stats.records, fps)
     result.update({
@@ -330,12 +353,12 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
 
 
 def run_live_bench(args: argparse.Namespace) -> int:
-    r = live_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
+    return answer(args, live_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps),
+                  _describe_live)
+
+
+def _describe_live(r: dict) -> None:
     print(f"live path, {r['seconds']} s at {r['size']} ({r['weights']})")
     print(f"  fps {r['fps']}, late frames {r['late_frames_pct']}%, frames with inference {r['inferred_pct']}%")
     print(f"  mouth latency p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
     print(f"  CPU {r['cpu_pct']}% of one core, RSS {r['rss_mb']} MB (peak {r['peak_rss_mb']} MB)")
-    return 0

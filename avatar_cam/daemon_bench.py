@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .bench import _CountingCamera
+from .bench import _CountingCamera, answer, picture_options
 
 STARTUP_TARGET_S = 3.0
 PHOTO_SWITCH_TARGET_S = 1.0
@@ -276,14 +275,9 @@ def photo_switch_bench(runs: int = 5, photo: Path | None = None, other: Path | N
 
 def register(kinds: argparse._SubParsersAction) -> None:
     """Add `startup` and `photo-switch` to bench.py's KIND subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = picture_options(audio_help=None)
     common.add_argument("--runs", type=int, default=5, help="repetitions; the median is reported (default 5)")
-    common.add_argument("--photo", type=Path, help="portrait (default: scikit-image's astronaut, if installed)")
-    common.add_argument("--checkpoint", type=Path, help="weights (default: the installed model, else seeded random weights)")
     common.add_argument("--engine", choices=("wav2lip", "lite"), default="wav2lip")
-    common.add_argument("--size", default="1280x720")
-    common.add_argument("--fps", type=float, default=30.0)
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
     p = kinds.add_parser("startup", parents=[common],
                          help=f"launch to first camera frame, warm model cache (target < {STARTUP_TARGET_S:g} s)")
     p.add_argument("--via", choices=("daemon", "run"), default="daemon",
@@ -297,23 +291,23 @@ def register(kinds: argparse._SubParsersAction) -> None:
 
 def run_startup(args: argparse.Namespace) -> int:
     r = startup_bench(args.runs, args.via, args.photo, args.checkpoint, args.size, args.fps, args.engine)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
+    return answer(args, r, _describe_startup)
+
+
+def _describe_startup(r: dict) -> None:
     print(f"startup: `{r['command']}` to the first camera frame, {r['engine']} ({r['weights']}), {r['size']}")
     print(f"  warm: median {r['startup_s_p50']:.2f} s over {r['runs']} launches {r['startup_s']} "
           f"(target < {r['target_s']:g} s: {'met' if r['meets_target'] else 'MISSED'})")
     print(f"  cold (first launch, caches empty): {r['cold_s']:.2f} s")
-    return 0
 
 
 def run_photo_switch(args: argparse.Namespace) -> int:
     r = photo_switch_bench(args.runs, args.photo, args.other, args.checkpoint, args.size, args.fps, args.engine)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
+    return answer(args, r, _describe_photo_switch)
+
+
+def _describe_photo_switch(r: dict) -> None:
     print(f"photo switch: set_photo to the first frame of the new face, {r['engine']} ({r['weights']}), {r['size']}")
     print(f"  median {r['switch_s_p50']:.3f} s over {r['runs']} switches {r['switch_s']} "
           f"(target < {r['target_s']:g} s: {'met' if r['meets_target'] else 'MISSED'}); "
           f"set_photo itself (loading the photo) {r['set_photo_s_p50']:.3f} s; camera opened {r['camera_opens']}x")
-    return 0

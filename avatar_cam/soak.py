@@ -19,13 +19,14 @@ Threads: the frame thread calls `SoakMeter.on_frame` and the camera; an "rss" th
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .bench import answer, picture_options, run_for
 
 SILENCE_S = 3.0  # between sentences: long enough for the voice gate to close and idle motion to take over
 
@@ -239,19 +240,9 @@ def soak(minutes: float, photo: Path | None = None, audio: Path | None = None, c
     source = FileSource(loop, ring, realtime=True, loop=True)
     rss = RssSampler()
     canary = MachineCanary()
-    timer = threading.Timer(seconds, pipeline.stop)
     t0 = time.monotonic()
     rss.start()
-    source.start()
-    timer.start()
-    try:
-        pipeline.run()
-    finally:
-        source.stop()
-        timer.cancel()
-        camera.close()
-        rss.stop()
-        canary.stop()
+    run_for(pipeline, source, seconds, cleanup=(camera.close, rss.stop, canary.stop))
     t1 = time.monotonic()
     warm = t0 + min(60.0, 0.1 * seconds)
     result = meter.result(canary)
@@ -271,23 +262,20 @@ def soak(minutes: float, photo: Path | None = None, audio: Path | None = None, c
 
 
 def register(kinds: argparse._SubParsersAction) -> None:
-    p = kinds.add_parser("soak", help="a long call: fps, latency at start vs end, memory growth, stalls, A/V drift")
+    options = picture_options("speech to loop, with silence added after it (default: espeak-ng speech)")
+    p = kinds.add_parser("soak", parents=[options],
+                         help="a long call: fps, latency at start vs end, memory growth, stalls, A/V drift")
     p.add_argument("--minutes", type=float, default=60.0, help="how long to run (default 60)")
     p.add_argument("--engine", choices=("wav2lip", "lite"), default="wav2lip")
-    p.add_argument("--photo", type=Path, help="portrait (default: scikit-image's astronaut, if installed)")
-    p.add_argument("--audio", type=Path, help="speech to loop, with silence added after it (default: espeak-ng speech)")
-    p.add_argument("--checkpoint", type=Path, help="weights (default: the installed model, else seeded random weights)")
-    p.add_argument("--size", default="1280x720")
-    p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_soak)
 
 
 def run_soak(args: argparse.Namespace) -> int:
-    r = soak(args.minutes, args.photo, args.audio, args.checkpoint, args.engine, args.size, args.fps)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
+    return answer(args, soak(args.minutes, args.photo, args.audio, args.checkpoint, args.engine, args.size, args.fps),
+                  _print_soak)
+
+
+def _print_soak(r: dict) -> None:
     print(f"soak: {r['seconds']} s at {r['size']}, {r['engine']} ({r['weights']}), speech/silence loop of {r['loop_s']} s")
     print(f"  fps {r['fps']}, late frames {r['late_frames_pct']}%, longest gap between frames {r['max_stall_ms']} ms "
           f"(at {r['max_stall_at_s']} s); over 100 ms: {r['stalls_over_100ms']}, of which ours: {r['stalls_ours']}")
@@ -296,4 +284,3 @@ def run_soak(args: argparse.Namespace) -> int:
           f"A/V drift {r['av_drift_ms']} ms")
     print(f"  RSS after warm-up {r['rss_mb_after_warmup']} MB, at the end {r['rss_mb_end']} MB "
           f"(growth {r['rss_growth_mb']} MB, max {r['rss_mb_max']} MB)")
-    return 0
