@@ -28,6 +28,7 @@ If `pulseaudio` is not installed the fixture FAILS (CI installs it; see tests/ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -177,14 +178,8 @@ class PulseServer:
     def stop(self) -> None:
         """Stop the readers, then the daemon, by pid; raise if any of them is still alive."""
         for proc in [*self.readers, self.daemon]:
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            if proc is not None:
+                terminate(proc)
         alive = [p.pid for p in [*self.readers, self.daemon] if p is not None and p.poll() is None]
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
@@ -196,6 +191,38 @@ class PulseServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 5 s; returns once the process is gone."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def serving(server: PulseServer, unset: tuple[str, ...] = ()):
+    """This process (environment and PortAudio) talks to `server` inside the block; it is stopped afterwards
+    and PortAudio rescanned, so what follows sees the previous server again."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in server.env.items():
+            mp.setenv(name, value)
+        for name in unset:
+            mp.delenv(name, raising=False)
+        rescan_portaudio()
+        try:
+            yield server
+        finally:
+            try:
+                server.stop()
+            finally:
+                mp.undo()
+                rescan_portaudio()
 
 
 def rescan_portaudio() -> None:
@@ -217,15 +244,5 @@ def pulse_server():
         problem = str(e)
     if problem:  # outside the except block, so the report is just the message
         pytest.fail(problem, pytrace=False)
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in server.env.items():
-            mp.setenv(name, value)
-        rescan_portaudio()
-        try:
-            yield server
-        finally:
-            try:
-                server.stop()
-            finally:
-                mp.undo()
-                rescan_portaudio()
+    with serving(server):
+        yield server

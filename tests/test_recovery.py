@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import pyvirtualcam
 from camera_recorder import RecordingCamera
-from pulse import PulseServer, rescan_portaudio
+from pulse import PulseServer, serving
 
 from avatar_cam.controller import Controller
 from avatar_cam.settings import Settings
@@ -78,20 +78,8 @@ class RestartablePulse(PulseServer):
 
 @pytest.fixture()
 def own_pulse():
-    server = RestartablePulse().start()
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in server.env.items():
-            mp.setenv(name, value)
-        mp.delenv("PULSE_SOURCE", raising=False)
-        rescan_portaudio()
-        try:
-            yield server
-        finally:
-            try:
-                server.stop()
-            finally:
-                mp.undo()
-                rescan_portaudio()  # the session's server (if any) is what the next tests see again
+    with serving(RestartablePulse().start(), unset=("PULSE_SOURCE",)) as server:
+        yield server  # afterwards the session's server (if any) is what the next tests see again
 
 
 def test_microphone_lost_mid_call_keeps_frames_flowing_and_reconnects_by_itself(own_pulse, astronaut_png):

@@ -18,7 +18,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from pulse import terminate
 
 from avatar_cam import paths, tray
 from avatar_cam.controller import Controller, photos_dir
@@ -114,13 +114,7 @@ def _read_line(stream, timeout: float, what: str) -> str:
 
 def _stop(procs: list[subprocess.Popen]) -> None:
     for proc in reversed(procs):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(proc)
 
 
 def _tray_manager_running(display: str) -> bool:
