@@ -32,8 +32,8 @@ from .wav2lip_graph import GRAPH_VERSION, build_face_encoder, build_generator
 
 
 def _parts(first_row: int) -> dict[str, Callable[[dict[str, np.ndarray]], ov.Model]]:
-    """The two networks we compile, by the name their IR files carry."""
-    return {"face_encoder": build_face_encoder,
+    """The two networks we compile (face encoder, generator), by the name their IR files carry."""
+    return {f"face_encoder-from{first_row}": functools.partial(build_face_encoder, first_row=first_row),
             f"generator-from{first_row}": functools.partial(build_generator, first_row=first_row)}
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,16 @@ class Wav2LipEngine:
 
     `infer(mel, face)`: mel (B,1,80,16) float32, face (B,6,96,96) float32 BGR/255 (channels 0-2 the crop with
     its lower half zeroed, 3-5 the reference crop) -> (B,3,96-first_row,96) float32 BGR in [0,1]: rows
-    [first_row, 96) of the generated face. By default only the rows the compositor blends (`MOUTH_FIRST_ROW`):
-    the same numbers as the published network's, for about 70% of its work; `first_row=0` gives the whole face.
+    [first_row, 96) of the generated face. By default only the rows the compositor blends (`MOUTH_FIRST_ROW`),
+    in the live form (see `build_generator`): the published network's numbers to float rounding, for about 60% of
+    its per-frame work. `first_row=0` is the whole published network, layer for layer.
     `encode_face(face)` + `infer_encoded(mel, features)`: the same result, with the face work done once.
     """
 
     def __init__(self, compiled: dict[str, ov.CompiledModel], report: LoadReport, first_row: int = 0):
-        self._encoder = compiled["face_encoder"].create_infer_request()
+        self._encoder = compiled[f"face_encoder-from{first_row}"].create_infer_request()
         self._generator = compiled[f"generator-from{first_row}"].create_infer_request()
+        self._bound: list[np.ndarray] | None = None  # the face features the generator's inputs point at
         self.report = report
         self.first_row = first_row
 
@@ -233,7 +235,8 @@ class Wav2LipEngine:
         return cls(compiled, report, first_row)
 
     def encode_face(self, face: np.ndarray) -> list[np.ndarray]:
-        """face (B,6,96,96) -> the seven skip-connection feature maps; B=1 serves any batch in `infer_encoded`."""
+        """face (B,6,96,96) -> what the generator takes from the face (seven arrays); B=1 serves any batch in
+        `infer_encoded`. Do not change them: the generator reads them in place."""
         face = np.ascontiguousarray(face, dtype=np.float32)
         if face.ndim != 4 or face.shape[1:] != (6, 96, 96):
             raise ValueError(f"face must be (B,6,96,96), got {face.shape}")
@@ -246,7 +249,13 @@ class Wav2LipEngine:
             raise ValueError(f"mel must be (B,1,80,16), got {mel.shape}")
         if features[0].shape[0] not in (1, mel.shape[0]):
             raise ValueError(f"mel and face batch sizes differ: {mel.shape[0]} vs {features[0].shape[0]}")
-        self._generator.infer([mel, *features])
+        if features is not self._bound:
+            # A still face is bound once: the generator reads its features in place instead of copying ~1 MB a frame.
+            for i, f in enumerate(features, start=1):
+                self._generator.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(f, np.float32), shared_memory=True))
+            self._bound = features
+        self._generator.set_input_tensor(0, ov.Tensor(mel, shared_memory=True))
+        self._generator.infer()
         return self._generator.get_output_tensor(0).data.copy()
 
     def infer(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:

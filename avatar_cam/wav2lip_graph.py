@@ -12,7 +12,7 @@ import openvino.opset13 as ops
 from .wav2lip_arch import AUDIO_ENCODER, BN_EPS, FACE_DECODER, FACE_ENCODER, OUTPUT_BLOCK, ConvLayer
 
 # Bump when the graph changes, so IR files cached by an older version are rebuilt.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 
 
 def fold_batchnorm(layer: ConvLayer, w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -28,16 +28,19 @@ def fold_batchnorm(layer: ConvLayer, w: dict[str, np.ndarray]) -> tuple[np.ndarr
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def _layer(x: ov.Node, layer: ConvLayer, w: dict[str, np.ndarray]) -> ov.Node:
-    kernel, bias = fold_batchnorm(layer, w)
+def _conv(x, kernel: np.ndarray, layer: ConvLayer) -> ov.Node:
+    """The layer's (transposed) convolution with this kernel, without bias."""
     pads, one = [layer.pad, layer.pad], [1, 1]
     if layer.transposed:
-        y = ops.convolution_backprop_data(
+        return ops.convolution_backprop_data(
             x, ops.constant(kernel), list(layer.stride), pads_begin=pads, pads_end=pads, dilations=one,
             output_padding=[layer.output_padding] * 2,
         )
-    else:
-        y = ops.convolution(x, ops.constant(kernel), list(layer.stride), pads, pads, one)
+    return ops.convolution(x, ops.constant(kernel), list(layer.stride), pads, pads, one)
+
+
+def _finish(y: ov.Node, x, layer: ConvLayer, bias: np.ndarray) -> ov.Node:
+    """Bias, then (unless the layer is plain) the residual add and ReLU."""
     y = ops.add(y, ops.constant(bias.reshape(1, -1, 1, 1)))
     if layer.plain:
         return y
@@ -46,7 +49,12 @@ def _layer(x: ov.Node, layer: ConvLayer, w: dict[str, np.ndarray]) -> ov.Node:
     return ops.relu(y)
 
 
-def _sequence(x: ov.Node, layers: list[ConvLayer], w: dict[str, np.ndarray]) -> ov.Node:
+def _layer(x, layer: ConvLayer, w: dict[str, np.ndarray]) -> ov.Node:
+    kernel, bias = fold_batchnorm(layer, w)
+    return _finish(_conv(x, kernel, layer), x, layer, bias)
+
+
+def _sequence(x, layers: list[ConvLayer], w: dict[str, np.ndarray]) -> ov.Node:
     for layer in layers:
         x = _layer(x, layer, w)
     return x
@@ -55,18 +63,26 @@ def _sequence(x: ov.Node, layers: list[ConvLayer], w: dict[str, np.ndarray]) -> 
 FEATURE_SHAPES = [(16, 96, 96), (32, 48, 48), (64, 24, 24), (128, 12, 12), (256, 6, 6), (512, 3, 3), (512, 1, 1)]
 
 
-def build_face_encoder(weights: dict[str, np.ndarray]) -> ov.Model:
-    """face (B,6,96,96) -> the seven feature maps the decoder's skip connections take (`feat0`..`feat6`).
+# The decoder's stages, then the output block. Every stage after the first convolves the previous one's output
+# concatenated with a face feature (feat6 first, feat0 last).
+STAGES: list[list[ConvLayer]] = [*FACE_DECODER, OUTPUT_BLOCK]
 
-    For a still portrait the face never changes, so the pipeline runs this once per photo.
-    """
-    face = ops.parameter([-1, 6, 96, 96], np.float32, name="face")
-    feats, x = [], face
-    for i, stage in enumerate(FACE_ENCODER):
-        x = _sequence(x, stage, weights)
-        x.output(0).get_tensor().set_names({f"feat{i}"})
-        feats.append(x.output(0))
-    return ov.Model(feats, [face], "wav2lip_face_encoder")
+
+def _face_channels(stage: int) -> int:
+    """How many of `STAGES[stage]`'s input channels come from the face (feat6 for stage 1 ... feat0 for 7)."""
+    return FEATURE_SHAPES[len(STAGES) - 1 - stage][0]
+
+
+def _out_size(layer: ConvLayer, n: int) -> int:
+    """The output height (or width) of `layer` for an input of n rows (columns)."""
+    s = layer.stride[0]
+    if layer.transposed:
+        return (n - 1) * s - 2 * layer.pad + layer.k + layer.output_padding
+    return (n + 2 * layer.pad - layer.k) // s + 1
+
+
+def _upsamples(stage: list[ConvLayer]) -> bool:
+    return stage[0].transposed and stage[0].stride == (2, 2)
 
 
 def _k3_after_upsampling(layers: list[ConvLayer]) -> int:
@@ -99,6 +115,18 @@ def decoder_crops(first_row: int) -> list[int]:
     return crops
 
 
+def _plan(first_row: int) -> list[tuple[int, int]]:
+    """Per stage of STAGES: (the row of its input grid it starts at, the row of its output grid that row 0 of
+    its output stands for)."""
+    crops = [*decoder_crops(first_row), 0]
+    plan, top = [], 0
+    for stage, crop in zip(STAGES, crops, strict=True):
+        start = max(top, crop)
+        top = 2 * start if _upsamples(stage) else start
+        plan.append((start, top))
+    return plan
+
+
 def _rows_from(x: ov.Node | ov.Output, start: int) -> ov.Node | ov.Output:
     """x[:, :, start:, :] (x itself when start is 0)."""
     if start == 0:
@@ -108,28 +136,81 @@ def _rows_from(x: ov.Node | ov.Output, start: int) -> ov.Node | ov.Output:
                      ops.constant(np.array([1], np.int64)), ops.constant(np.array([2], np.int64)))
 
 
+def _split_kernel(layer: ConvLayer, w: dict[str, np.ndarray], face_channels: int):
+    """(kernel for the decoder's own input channels, kernel for the face feature's, bias)."""
+    kernel, bias = fold_batchnorm(layer, w)
+    own = layer.cin - face_channels  # input channels: axis 1 of a Conv2d kernel, axis 0 of a transposed one
+    if layer.transposed:
+        return np.ascontiguousarray(kernel[:own]), np.ascontiguousarray(kernel[own:]), bias
+    return np.ascontiguousarray(kernel[:, :own]), np.ascontiguousarray(kernel[:, own:]), bias
+
+
+def build_face_encoder(weights: dict[str, np.ndarray], first_row: int = 0) -> ov.Model:
+    """face (B,6,96,96) -> what the generator of the same `first_row` takes from the face.
+
+    first_row 0 (the published network, layer for layer): the seven feature maps `feat0`..`feat6` that the
+    decoder concatenates. first_row > 0 (the live form, for a still portrait): each feature already convolved
+    by the decoder layer that consumes it, cropped to the rows that generator computes (`skip1`..`skip7`).
+    Convolution is linear, W * [y; f] = W_y * y + W_f * f, and W_f * f never changes while the photo does not:
+    this runs once per photo, and every frame skips the face's share of those layers (20-50% of each).
+    """
+    face = ops.parameter([-1, 6, 96, 96], np.float32, name="face")
+    feats, x = [], face
+    for stage in FACE_ENCODER:
+        x = _sequence(x, stage, weights)
+        feats.append(x.output(0))
+    if first_row == 0:
+        outputs = feats
+    else:
+        outputs = []
+        for i, (_, top) in enumerate(_plan(first_row)[1:], start=1):
+            _, face_kernel, _ = _split_kernel(STAGES[i][0], weights, _face_channels(i))
+            outputs.append(_rows_from(_conv(feats[len(STAGES) - 1 - i], face_kernel, STAGES[i][0]), top).output(0))
+    prefix = "feat" if first_row == 0 else "skip"
+    for i, out in enumerate(outputs):
+        out.get_tensor().set_names({f"{prefix}{i if first_row == 0 else i + 1}"})
+    return ov.Model(outputs, [face], "wav2lip_face_encoder")
+
+
 def build_generator(weights: dict[str, np.ndarray], first_row: int = 0) -> ov.Model:
-    """mel (B,1,80,16) + feat0..feat6 (batch B, or 1 to share one face across the batch) -> (B,3,96-first_row,96)
-    in [0,1]: rows [first_row, 96) of the generated face, computing only what those rows depend on."""
+    """mel (B,1,80,16) + the face encoder's outputs for the same `first_row` (batch B, or 1 to share one face
+    across the batch) -> (B,3,96-first_row,96) in [0,1]: rows [first_row, 96) of the generated face.
+
+    Each stage is cropped to the rows its successor needs plus the rows zero padding spoils (`decoder_crops`),
+    so the rows kept are the whole network's while the work above them is skipped. With first_row > 0 the face's
+    share of each concatenating layer comes precomputed from the encoder (see `build_face_encoder`).
+    """
     if not 0 <= first_row < 96:
         raise ValueError(f"first_row must be in [0, 96), not {first_row}")
-    crops = decoder_crops(first_row)
+    plan = _plan(first_row)
     mel = ops.parameter([-1, 1, 80, 16], np.float32, name="mel")
-    feat_params = [ops.parameter([-1, *shape], np.float32, name=f"feat{i}") for i, shape in enumerate(FEATURE_SHAPES)]
-    feats = list(feat_params)
+    if first_row == 0:
+        face_params = [ops.parameter([-1, *shape], np.float32, name=f"feat{i}") for i, shape in enumerate(FEATURE_SHAPES)]
+    else:
+        face_params = []
+        for i, (_, top) in enumerate(plan[1:], start=1):
+            layer, (_, h, w) = STAGES[i][0], FEATURE_SHAPES[len(STAGES) - 1 - i]
+            h, w = _out_size(layer, h), _out_size(layer, w)
+            face_params.append(ops.parameter([-1, layer.cout, h - top, w], np.float32, name=f"skip{i}"))
     x = _sequence(mel, AUDIO_ENCODER, weights)
     top = 0  # the full-size row that row 0 of x stands for
-    for stage, crop in zip(FACE_DECODER, crops, strict=True):
-        if crop > top:
-            x, top = _rows_from(x, crop - top), crop
-        y = _sequence(x, stage, weights)
-        if stage[0].transposed and stage[0].stride == (2, 2):
-            top *= 2
-        skip = _rows_from(feats.pop(), top)
-        c, h, w = FEATURE_SHAPES[len(feats)]
-        batch = ops.gather(ops.shape_of(y), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
-        target = ops.concat([batch, ops.constant(np.array([c, h - top, w], np.int64))], axis=0)
-        x = ops.concat([y, ops.broadcast(skip, target)], axis=1)
-    out = ops.sigmoid(_rows_from(_sequence(x, OUTPUT_BLOCK, weights), first_row - top))
+    for i, (stage, (start, out_top)) in enumerate(zip(STAGES, plan, strict=True)):
+        x = _rows_from(x, start - top)
+        if i == 0 or first_row == 0:
+            y = _sequence(x, stage, weights)
+        else:
+            own, _, bias = _split_kernel(stage[0], weights, _face_channels(i))
+            # numpy broadcasting spreads a batch-1 face over any batch of mels
+            y = _finish(ops.add(_conv(x, own, stage[0]), face_params[i - 1]), x, stage[0], bias)
+            y = _sequence(y, stage[1:], weights)
+        top = out_top
+        if first_row == 0 and i < len(FACE_DECODER):
+            skip = _rows_from(face_params[len(FEATURE_SHAPES) - 1 - i], top)
+            c, h, w = FEATURE_SHAPES[len(FEATURE_SHAPES) - 1 - i]
+            batch = ops.gather(ops.shape_of(y), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
+            target = ops.concat([batch, ops.constant(np.array([c, h - top, w], np.int64))], axis=0)
+            y = ops.concat([y, ops.broadcast(skip, target)], axis=1)
+        x = y
+    out = ops.sigmoid(_rows_from(x, first_row - top))
     out.output(0).get_tensor().set_names({"lower_face"})
-    return ov.Model([out], [mel, *feat_params], "wav2lip_generator")
+    return ov.Model([out], [mel, *face_params], "wav2lip_generator")

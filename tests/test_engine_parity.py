@@ -91,6 +91,21 @@ def test_the_products_engine_draws_the_mouth_rows_exactly_as_the_whole_network(r
     np.testing.assert_allclose(engine.infer_encoded(mels, features)[:1], got[:1], atol=1e-6)
 
 
+@pytest.mark.parametrize("first_row", [1, 30, 64, 95])
+def test_live_form_keeps_the_published_networks_rows_for_any_first_row(reference, speech_16k, astronaut_face_96, tmp_path, first_row):
+    """The live form skips the rows above `first_row` and takes the face's share of each decoder convolution
+    precomputed; both are exact in arithmetic, so every row it keeps must be the published network's."""
+    path = tmp_path / "wav2lip.pth"
+    save_published(reference, path, module_prefix=False)
+    engine = Wav2LipEngine.from_checkpoint(path, cache_dir=tmp_path / "cache", first_row=first_row)
+    mels, faces = mel_windows(speech_16k, 3), face_batch(astronaut_face_96, 3)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
+    got = engine.infer(mels, faces)
+    assert got.shape == (3, 3, 96 - first_row, 96)
+    assert np.abs(got - want[:, :, first_row:]).max() < TOLERANCE
+
+
 def test_random_weights_are_well_conditioned(reference, speech_16k, astronaut_face_96):
     """The parity above proves little if the output ignored its inputs; check that it does not."""
     face = face_batch(astronaut_face_96, 1)
