@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .audio_source import AudioRing
@@ -219,6 +220,9 @@ class LivePipeline:
 
     def run(self) -> None:
         """Draw frames until `stop()`. Runs on the calling thread (the frame thread)."""
+        # A frame's OpenCV work is a millisecond or two: OpenCV's thread pool would add ~70% more CPU to it for
+        # little time saved, and wake threads that OpenVINO's inference needs. (This is process-wide.)
+        cv2.setNumThreads(1)
         try:
             self._draw_frames()
         finally:
