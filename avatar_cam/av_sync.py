@@ -424,13 +424,16 @@ def _magnitudes(x: np.ndarray) -> np.ndarray:
     return np.abs(np.fft.rfft(frames, axis=1)).ravel()
 
 
-def locate_voice(x: np.ndarray, y: np.ndarray, window_s: float = 0.5, search_s: float = 0.1):
+def locate_voice(x: np.ndarray, y: np.ndarray, window_s: float = 0.5, search_s: float = 0.1,
+                 lags: tuple[int, int] | None = None):
     """Where the voice of input `x` reappears in the recording `y` (both 16 kHz).
 
-    One FFT cross-correlation finds the rough delay; then each voiced window of x is located again within
-    +-`search_s`. Returns (window centres in x, their centres in y, spectral similarity of each): magnitude
-    spectrograms, because the playout resamples by up to 0.3% while it follows the delay, which a waveform
-    correlation over half a second would punish and which nobody hears.
+    One FFT cross-correlation finds the rough delay, looking only at lags in `lags` (lo, hi: y[s + lag] ~ x[s])
+    when given: a looped sentence correlates with itself a loop later, and over a long run the playout's small
+    resampling smears the true peak enough that a wrong loop can win. Then each voiced window of x is located
+    again within +-`search_s`. Returns (window centres in x, their centres in y, spectral similarity of each):
+    magnitude spectrograms, because the playout resamples by up to 0.3% while it follows the delay, which a
+    waveform correlation over half a second would punish and which nobody hears.
     """
     voiced = np.flatnonzero(np.abs(x) > 0.02)
     if voiced.size == 0:
@@ -438,7 +441,13 @@ def locate_voice(x: np.ndarray, y: np.ndarray, window_s: float = 0.5, search_s: 
     a, b = voiced[0], min(len(x), voiced[-1] + 1)
     size = 1 << (len(x) + len(y)).bit_length()
     corr = np.fft.irfft(np.fft.rfft(y, size) * np.conj(np.fft.rfft(x[a:b], size)), size)
-    lag = int(np.argmax(corr[: max(1, len(y) - (b - a))])) - a  # y[s + lag] ~ x[s]
+    if lags is None:  # x[a] may land anywhere that leaves room for all of x's voice
+        first, last = 0, max(1, len(y) - (b - a))
+    else:  # (the voice's tail may be missing: the recording stopped before it all left)
+        first, last = max(0, a + lags[0]), min(len(y), a + lags[1] + 1)
+        if first >= last:
+            raise ValueError("the recording does not cover the time the voice should have left")
+    lag = first + int(np.argmax(corr[first:last])) - a
     win, search = round(window_s * SAMPLE_RATE), round(search_s * SAMPLE_RATE)
     centres, found, similar = [], [], []
     for s0 in range(a, b - win, win // 2):
@@ -451,18 +460,24 @@ def locate_voice(x: np.ndarray, y: np.ndarray, window_s: float = 0.5, search_s: 
         centres.append(s0 + win / 2)
         found.append(lo + k + win / 2)
         similar.append(float(np.corrcoef(_magnitudes(seg), _magnitudes(ref[k : k + win]))[0, 1]))
-    return np.array(centres), np.array(found), np.array(similar)
+    return np.array(centres), np.array(found), np.nan_to_num(np.array(similar))  # (silence: no similarity)
 
 
-def sync_report(x: np.ndarray, heard, y: np.ndarray, left, frames: list[tuple[float, float]]) -> dict:
+def sync_report(x: np.ndarray, heard, y: np.ndarray, left, frames: list[tuple[float, float]],
+                max_delay_s: float = 2.0) -> dict:
     """Voice vs lips, from what left the virtual microphone and what left the camera.
 
     x: the input at 16 kHz, heard(s): when its sample s was heard; y: the virtual microphone recorded at
     16 kHz, left(j): when its sample j left the device (both steady clocks, see `steady_clock`). frames:
     (audio time shown, time sent) of each frame with a moving mouth. An offset is (voice out) - (frame out)
-    for the audio a frame shows: > 0 means the voice comes later than the lips.
+    for the audio a frame shows: > 0 means the voice comes later than the lips. The voice is looked for up to
+    `max_delay_s` after it was heard.
     """
-    centres, found, similar = locate_voice(x, y)
+    # The voice leaves 0 to max_delay_s after it was heard: where x's first voiced sample can be in y.
+    voiced = int(np.argmax(np.abs(x) > 0.02))
+    t0, per_sample = float(left(0)), float(left(SAMPLE_RATE) - left(0)) / SAMPLE_RATE
+    lags = [round((float(heard(voiced)) + d - t0) / per_sample) - voiced for d in (0.0, max_delay_s)]
+    centres, found, similar = locate_voice(x, y, lags=(lags[0], lags[1]))
     good = similar > 0.8
     if good.sum() < 3:
         raise ValueError("too little of the voice could be found in the recording")
@@ -664,7 +679,8 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         talking = [(t_audio, sent) for (k, t_audio, inferred, *_), sent in zip(shown, cam_times, strict=True)
                    if k >= 0 and inferred]
         x, y = ring.read(0, ring.total), recorded.read(0, recorded.total)
-        result = sync_report(x, steady_clock(ring), y, steady_clock(recorded), talking)
+        result = sync_report(x, steady_clock(ring), y, steady_clock(recorded), talking,
+                             max_delay_s=max(2.0, offset_ms / 1000 + 1.0))
         latency = [lat for k, _, inferred, lat, _ in shown if k >= 0 and inferred and lat is not None]
         ready = [d for k, _, inferred, _, d in shown if k >= 0 and inferred and d is not None]
     result.update({

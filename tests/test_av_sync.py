@@ -205,3 +205,23 @@ def test_the_playout_tells_when_each_input_sample_plays():
     assert play.play_time_of(pos - 480) == pytest.approx(played_at - 480 / rate, abs=1e-6)
     assert play.play_time_of(pos + 10 * 16000) is None  # too far from the play head to say
     assert np.abs(err[t > 10]).max() < 0.004
+
+
+def test_the_sync_report_is_not_fooled_by_a_looped_sentence(speech_16k):
+    """`bench av-sync` loops one sentence for minutes, and its voice correlates with itself a loop later. The
+    report must find the delay the voice really had even when the recording stopped before the last words
+    left (it once reported the voice 19 s early), and call frames sent with their voice in sync."""
+    from avatar_cam.av_sync import sync_report
+
+    loop = np.concatenate([speech_16k, np.zeros(16000, np.float32)])
+    x = np.concatenate([np.zeros(3 * 16000, np.float32), np.tile(loop, 12)])
+    x = x[: int(np.flatnonzero(np.abs(x) > 0.02)[-1]) + 1600]  # the player stopped in the middle of a word
+    delay, started = 0.25, 0.8  # the voice leaves 250 ms after it is heard; the recording began 0.8 s later
+    j = np.arange(len(x) - int(started * 16000))  # ...and ended at the same time as the input: the tail is cut
+    y = np.interp((started - delay) * 16000 + j, np.arange(len(x)), x, left=0.0).astype(np.float32)
+    heard = lambda s: np.asarray(s, dtype=float) / 16000  # noqa: E731
+    left = lambda k: started + np.asarray(k, dtype=float) / 16000  # noqa: E731
+    frames = [(t, t + delay) for t in np.arange(4.0, len(x) / 16000 - 1, 1 / 30)]  # lips leave with their voice
+    r = sync_report(x, heard, y, left, frames)
+    assert abs(r["voice_delay_ms_p50"] - 1000 * delay) < 2, r
+    assert r["offset_ms_p95"] < 2 and r["voice_similarity_p5"] > 0.95, r
