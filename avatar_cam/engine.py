@@ -10,6 +10,7 @@ inference thread); create a second engine for a second thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -77,10 +78,8 @@ def _convert(path: Path, parts: dict, xmls: dict[str, Path], report: LoadReport)
 def _return_freed_memory() -> None:
     """Hand the heap that conversion freed back to the system (glibc keeps ~50 MB of it otherwise, for the
     daemon's whole life). A no-op where there is no glibc."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _core(cache: Path | None) -> ov.Core:
