@@ -358,4 +358,5 @@ def test_bench_av_sync_measures_voice_against_lips(pulse_server, random_checkpoi
     assert r["offset_ms_p50"] < 25 and r["offset_ms_p95"] < 60
     for key in ("offset_ms_p95", "drift_ms_per_hour", "drift_ms_per_hour_stderr", "frame_latency_ms_p5_p50_p95"):
         assert key in r
+    assert 1 < r["cpu_pct"] <= 100 * os.cpu_count()  # this process's CPU while speaking, in % of one core
     assert not {SINK, SOURCE, "avatar_cam_bench_speaker"} & device_names(pulse_server)
