@@ -99,6 +99,8 @@ class Controller:
         self._vmic = None  # the VirtualMicrophone fed from the ring, while the camera runs
         self._extras_fault: dict[str, str] = {}  # "preview" / "virtual_mic" -> why it is not working
         self._rescans = 0  # PortAudio rescans so far: a stream opened before one is dead
+        self._next_mic_search = 0.0
+        self._kept_vmic_devices = None  # "Avatar Cam Microphone" kept in place while the camera reopens  # when the watchdog may next look for a chosen microphone PortAudio lacks
 
     # --- observers ----------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Status], None]) -> None:
@@ -472,11 +474,22 @@ class Controller:
         if "virtual_mic" in changes and not self.settings.virtual_mic:
             self._detach_vmic()
         if reopen:
-            self.stop()
-            self.start()
+            self._reopen()
         else:
             self._changed()
         return self.status()
+
+    def _reopen(self) -> None:
+        """Stop and start again (a new camera size, frame rate or device), leaving "Avatar Cam Microphone" in
+        place meanwhile: a call app listening to it hears a second of silence instead of losing its microphone."""
+        self._kept_vmic_devices = self._detach_vmic(keep_devices=True)
+        try:
+            self.stop()
+            self.start()
+        finally:
+            leftover, self._kept_vmic_devices = self._kept_vmic_devices, None
+            if leftover is not None:  # the start failed before it took them
+                leftover.remove()
 
     def _prepare_live(self, changes: dict, wanted: Settings) -> list[Callable]:
         """Check the changed settings; return what applies them to a running pipeline between two frames,
@@ -558,7 +571,8 @@ class Controller:
             if pipeline is None or self._vmic is not None:
                 return
         vmic = VirtualMicrophone.for_clock(ring, pipeline.clock, self.settings.virtual_mic_offset_ms)
-        vmic.start()  # outside the lock: pactl calls, ~0.3 s; raises VirtualMicError
+        kept, self._kept_vmic_devices = self._kept_vmic_devices, None
+        vmic.start(devices=kept)  # outside the lock: pactl calls, ~0.3 s; raises VirtualMicError
         with self._lock:
             if self._pipeline is not pipeline or self._vmic is not None:
                 vmic.close()
@@ -569,20 +583,22 @@ class Controller:
             pipeline.pace = vmic.frame_due  # ...and each frame leaves when the voice it shows plays
             vmic.bind_to(thread)  # gone with the frame thread, however it ends
 
-    def _detach_vmic(self) -> None:
+    def _detach_vmic(self, keep_devices: bool = False):
+        """Stop "Avatar Cam Microphone"; with `keep_devices`, leave it in place and return it (see
+        `VirtualMicrophone.close`)."""
         with self._lock:
             vmic, self._vmic = self._vmic, None
             self._extras_fault.pop("virtual_mic", None)
             if self._pipeline is not None:
                 self._pipeline.on_frame = self._pipeline.pace = None
-        if vmic is not None:
-            vmic.close()
+        return vmic.close(keep_devices) if vmic is not None else None
 
     # --- the watchdog: faults while running --------------------------------------------------------
     WATCH_S = 0.25  # how often the watchdog looks
     MIC_RETRY_S = 0.75  # between reopen attempts of a lost microphone
     MIC_STALL_S = 1.0  # a "running" microphone that delivers nothing for this long is lost
     MIC_OPEN_GRACE_S = 3.0  # a freshly opened stream may take this long to deliver (PulseAudio after a restart: ~2 s)
+    MIC_SEARCH_S = 3.0  # between looks for a chosen microphone this process's PortAudio does not list
 
     def _watch(self, stop: threading.Event) -> None:
         """The "health" thread: reopens a lost microphone and reports camera faults, until `stop` is set.
@@ -663,6 +679,7 @@ class Controller:
 
         if old is not None:
             old.stop()
+        self._search_missing_mic()
         rescans = self._rescans
         new = MicrophoneSource(ring, device=self.settings.mic)
         try:
@@ -680,6 +697,24 @@ class Controller:
                 return
             now = time.monotonic()
             self._mic, self._mic_opened_at, self._mic_seen = new, now, (ring.total, now)
+
+    def _search_missing_mic(self) -> None:
+        """The chosen microphone, unplugged and plugged in again, may come back under a new ALSA card that
+        this process's PortAudio does not list: look for it among the devices there are now, every
+        `MIC_SEARCH_S` (in a fresh process while streams are open; see `_find_unlisted_mic`)."""
+        from .audio_source import AudioError, find_input_device
+
+        name, now = self.settings.mic, time.monotonic()
+        if name is None or now < self._next_mic_search:
+            return
+        try:
+            find_input_device(name)
+            return
+        except AudioError:
+            pass
+        self._next_mic_search = now + self.MIC_SEARCH_S
+        if self._find_unlisted_mic(name):
+            log.info("found the microphone %r again", name)
 
     # --- helpers ---------------------------------------------------------------------------------
     def _current_photo(self) -> Path:

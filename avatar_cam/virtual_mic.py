@@ -305,10 +305,14 @@ class VirtualMicrophone:
         return cls(ring, offset_ms, initial_delay_s=clock.lookahead_s + 0.04)
 
     # --- lifecycle, on the caller's thread -------------------------------------------------------------
-    def start(self) -> VirtualMicrophone:
+    def start(self, devices: PulseDevices | None = None) -> VirtualMicrophone:
+        """Create "Avatar Cam Microphone" (or play into `devices`, kept by an earlier one's `close`) and start
+        playing into it."""
         with self._lock:
             if self._stream is not None:
                 return self
+            if devices is not None:
+                self.devices = devices
             self._closed = False
             atexit.register(self.close)
             self._exit_on_sigterm()
@@ -390,14 +394,19 @@ class VirtualMicrophone:
                 stream.stop()
             stream.close(ignore_errors=True)
 
-    def close(self) -> None:
+    def close(self, keep_devices: bool = False) -> PulseDevices | None:
         """Stop playing, then remove the devices (in that order: a stream left on a removed sink would be moved
-        to the user's speakers). Idempotent; safe from any thread and at exit."""
+        to the user's speakers). Idempotent; safe from any thread and at exit.
+
+        `keep_devices`: leave "Avatar Cam Microphone" in place and return it (None if there is none), for the
+        next VirtualMicrophone to play into (`start(devices=...)`): a call app listening to it hears a moment of
+        silence instead of losing its microphone. Whoever takes it must remove it."""
         with self._lock:
             if self._closed:
-                return
+                return None
             self._closed = True
             self._close_stream()
+            kept, self.devices = (self.devices, None) if keep_devices else (None, self.devices)
             if self.devices is not None:
                 self.devices.remove()
             if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
@@ -407,6 +416,7 @@ class VirtualMicrophone:
             atexit.unregister(self.close)
             if not self.status_text.startswith("error"):
                 self.status_text = "stopped"
+        return kept
 
     def __enter__(self) -> VirtualMicrophone:
         return self.start()

@@ -10,6 +10,7 @@ the tray in test_tray.py.
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -145,6 +146,19 @@ def plugged_in_mic(pulse_server, user_dirs):
         rescan_portaudio()  # later tests see the usual devices
 
 
+def speak_into_the_usb_mic(ctl, pulse_server, speech_wav) -> None:
+    """Someone speaks into the plugged-in microphone: wait until the camera's audio carries it."""
+    ring = ctl._ring
+    start = ring.total
+    player = pulse_server.play(speech_wav, device="usb_speaker")
+    try:
+        wait_for(lambda: ring.total > start + 16000 and np.abs(ring.read(start, ring.total - start)).max() > 0.1,
+                 "speech from the new microphone")
+    finally:
+        player.kill()
+        player.wait()
+
+
 def test_a_microphone_plugged_in_after_start_can_be_chosen(plugged_in_mic, pulse_server, cams, controller, speech_wav):
     ctl = controller()
     ctl.start()
@@ -157,15 +171,7 @@ def test_a_microphone_plugged_in_after_start_can_be_chosen(plugged_in_mic, pulse
 
     status = ctl.set_mic("usbmic")  # not in this process's list yet: found after a rescan
     assert status.mic == "usbmic" and ctl._mic.status == "running" and ctl._rescans == 1
-    ring = ctl._ring
-    start = ring.total
-    player = pulse_server.play(speech_wav, device="usb_speaker")  # someone speaks into the new microphone
-    try:
-        wait_for(lambda: ring.total > start + 16000 and np.abs(ring.read(start, ring.total - start)).max() > 0.1,
-                 "speech from the new microphone")
-    finally:
-        player.kill()
-        player.wait()
+    speak_into_the_usb_mic(ctl, pulse_server, speech_wav)
     assert len(cams.instances) == 1 and not cam.closed
     assert ctl.status().state in ("live", "silent") and ctl.settings.mic == "usbmic"
 
@@ -176,6 +182,23 @@ def test_a_microphone_plugged_in_while_stopped_is_found_at_start(plugged_in_mic,
     status = ctl.start()
     assert status.mic == "usbmic", status
     assert ctl._mic is not None and ctl._mic.status == "running" and status.error is None
+
+
+def test_a_chosen_microphone_plugged_in_while_the_camera_runs_is_picked_up(plugged_in_mic, pulse_server, cams,
+                                                                           controller, speech_wav):
+    """A USB microphone unplugged and plugged in again comes back as a new ALSA card, which PortAudio lists
+    only after a rescan: the watchdog looks for it by itself, with no command from the user."""
+    ctl = controller(mic="usbmic")
+    status = ctl.start()  # not plugged in: the camera runs on the idle face and the status says why
+    assert status.state == "error" and "usbmic" in status.error and ctl._mic is None, status
+    cam = cams.instances[0]
+    frames_after(cam, time.monotonic(), 5)
+    plugged_in_mic()
+    wait_for(lambda: ctl._mic is not None and ctl._mic.status == "running", "the watchdog to open the new microphone")
+    assert ctl._rescans >= 1
+    speak_into_the_usb_mic(ctl, pulse_server, speech_wav)
+    wait_for(lambda: ctl.status().error is None, "the microphone fault to clear")
+    assert len(cams.instances) == 1 and not cam.closed
 
 
 # ------------------------------------------------------------------------------------------ preview
@@ -259,6 +282,35 @@ def test_avatar_cam_microphone_follows_the_setting_and_carries_the_voice(pulse_s
     ctl.stop()
     assert not {SINK, SOURCE} & device_names(pulse_server)
     assert defaults(pulse_server) == before
+
+
+def test_a_camera_reopen_leaves_avatar_cam_microphone_in_place(pulse_server, cams, controller):
+    """A new frame rate reopens the camera, but a call app listening to Avatar Cam Microphone must not see it
+    vanish (it would switch to another microphone): the devices stay while the pipeline restarts."""
+    ctl = controller(virtual_mic=True)
+    ctl.start()
+    assert SOURCE in device_names(pulse_server)
+    missing, stop = [], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if SOURCE not in device_names(pulse_server):
+                missing.append(time.monotonic())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        status = ctl.update_settings(fps=25)
+        frames_after(cams.instances[-1], time.monotonic(), 5)
+    finally:
+        stop.set()
+        watcher.join()
+    assert not missing, "Avatar Cam Microphone disappeared while the camera reopened"
+    assert len(cams.instances) == 2 and cams.instances[0].closed and cams.instances[-1].fps == 25
+    assert status.virtual_mic["state"] == "running" and ctl._vmic.devices is not None
+    ctl.stop()
+    assert not {SINK, SOURCE} & device_names(pulse_server)
 
 
 def test_without_a_sound_server_for_it_the_virtual_microphone_says_why_and_the_camera_runs(
