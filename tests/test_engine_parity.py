@@ -75,35 +75,26 @@ def test_openvino_matches_pytorch_on_real_face_and_speech(reference, speech_16k,
     assert np.abs(engine.infer(mels[:1], faces[:1]) - want[:1]).max() < TOLERANCE
 
 
-def test_the_products_engine_draws_the_mouth_rows_exactly_as_the_whole_network(reference, speech_16k, astronaut_face_96, tmp_path):
-    """The default engine computes only the rows the compositor blends; they must be the published network's."""
+@pytest.mark.parametrize("first_row", [None, 1, 30, 64, 95], ids=["product", "from1", "from30", "from64", "from95"])
+def test_the_live_form_draws_the_published_networks_rows(reference, speech_16k, astronaut_face_96, tmp_path, first_row):
+    """The live form (the product's engine by default: only the rows the compositor blends) skips the rows
+    above `first_row` and takes the face's share of each decoder convolution precomputed; both are exact in
+    arithmetic, so every row it keeps must be the published network's."""
     path = tmp_path / "wav2lip.pth"
     save_published(reference, path, module_prefix=True)
-    engine = Wav2LipEngine.from_checkpoint(path, cache_dir=tmp_path / "cache")
-    assert engine.first_row == MOUTH_FIRST_ROW <= 47  # the lower half, and the row above it that scaling reads
+    options = {} if first_row is None else {"first_row": first_row}
+    engine = Wav2LipEngine.from_checkpoint(path, cache_dir=tmp_path / "cache", **options)
+    if first_row is None:
+        first_row = engine.first_row
+        assert first_row == MOUTH_FIRST_ROW <= 47  # the lower half, and the row above it that scaling reads
     mels, faces = mel_windows(speech_16k, 4), face_batch(astronaut_face_96, 4)
     with torch.no_grad():
         want = reference(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
     got = engine.infer(mels, faces)
-    assert got.shape == (4, 3, 96 - MOUTH_FIRST_ROW, 96)
-    assert np.abs(got - want[:, :, MOUTH_FIRST_ROW:]).max() < TOLERANCE
+    assert got.shape == (4, 3, 96 - first_row, 96)
+    assert np.abs(got - want[:, :, first_row:]).max() < TOLERANCE
     features = engine.encode_face(faces[:1])  # one face for a batch of mels, as the live path does
     np.testing.assert_allclose(engine.infer_encoded(mels, features)[:1], got[:1], atol=1e-6)
-
-
-@pytest.mark.parametrize("first_row", [1, 30, 64, 95])
-def test_live_form_keeps_the_published_networks_rows_for_any_first_row(reference, speech_16k, astronaut_face_96, tmp_path, first_row):
-    """The live form skips the rows above `first_row` and takes the face's share of each decoder convolution
-    precomputed; both are exact in arithmetic, so every row it keeps must be the published network's."""
-    path = tmp_path / "wav2lip.pth"
-    save_published(reference, path, module_prefix=False)
-    engine = Wav2LipEngine.from_checkpoint(path, cache_dir=tmp_path / "cache", first_row=first_row)
-    mels, faces = mel_windows(speech_16k, 3), face_batch(astronaut_face_96, 3)
-    with torch.no_grad():
-        want = reference(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
-    got = engine.infer(mels, faces)
-    assert got.shape == (3, 3, 96 - first_row, 96)
-    assert np.abs(got - want[:, :, first_row:]).max() < TOLERANCE
 
 
 def test_random_weights_are_well_conditioned(reference, speech_16k, astronaut_face_96):
