@@ -184,10 +184,7 @@ def _write_source(part: Path, url: str, headers) -> None:
 
 def _discard(part: Path) -> None:
     for path in (part, _source_file(part)):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
 
 
 def _open(url: str, offset: int, validator: str | None, timeout: float):

@@ -148,7 +148,7 @@ class Wav2LipEngine:
     `infer(mel, face)`: mel (B,1,80,16) float32, face (B,6,96,96) float32 BGR/255 (channels 0-2 the crop with
     its lower half zeroed, 3-5 the reference crop) -> (B,3,96-first_row,96) float32 BGR in [0,1]: rows
     [first_row, 96) of the generated face. By default only the rows the compositor blends (`MOUTH_FIRST_ROW`),
-    in the live form (see `build_generator`): the published network's numbers to float rounding, for about 60% of
+    in the live form (see `build_generator`): the published network's numbers to float rounding, for about half of
     its per-frame work. `first_row=0` is the whole published network, layer for layer.
     `encode_face(face)` + `infer_encoded(mel, features)`: the same result, with the face work done once.
     """

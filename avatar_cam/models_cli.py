@@ -80,7 +80,7 @@ def _list(args: argparse.Namespace) -> int:
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
     print(f"\nModels folder: {paths.models_dir()}")
     if not any(r["installed"] for r in rows):
         print(

@@ -214,14 +214,14 @@ def detect_faces(bgr: np.ndarray) -> list[FaceBox]:
         cands, votes = _cascade("haarcascade_frontalface_alt2.xml").detectMultiScale2(small, 1.1, 3, minSize=(m, m))
         # A real face is found at many neighbouring positions and scales (24-45 votes on our test faces,
         # <= 7 on textures such as coins, bricks and cells), and also has an eye or is seen by a second cascade.
-        cands = [tuple(int(v) for v in c) for c, n in zip(cands, votes) if n >= 8]
+        cands = [tuple(int(v) for v in c) for c, n in zip(cands, votes, strict=True) if n >= 8]
         others = None
         kept = []
         for x, y, w, h in cands:
             if not _has_eye(small[y : y + h * 5 // 8, x : x + w]):
                 if others is None:
                     others, ov = _cascade("haarcascade_frontalface_default.xml").detectMultiScale2(small, 1.1, 3, minSize=(m, m))
-                    others = [o for o, n in zip(others, ov) if n >= 3]
+                    others = [o for o, n in zip(others, ov, strict=True) if n >= 3]
                 if not any(_iou((x, y, w, h), o) > 0.4 for o in others):
                     continue
             kept.append(FaceBox(math.floor(x / s), math.floor(y / s), min(W, math.ceil((x + w) / s)), min(H, math.ceil((y + h) / s))))

@@ -83,7 +83,7 @@ class _LazyTensor:
             return np.array(base[self.offset], dtype=base.dtype)
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, dtype=base.dtype)
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=False))
         if self.offset < 0 or min(self.stride, default=0) < 0 or last >= base.size:
             raise CheckpointError("a tensor reaches outside its storage: the file is corrupt")
         item = base.itemsize
@@ -274,7 +274,7 @@ class _Writer:
         self.op(pickle.GLOBAL + f"{module}\n{name}\n".encode())
 
     def value(self, v: Any) -> None:
-        if isinstance(v, np.ndarray) or isinstance(v, np.generic):
+        if isinstance(v, (np.ndarray, np.generic)):
             self.tensor(np.asarray(v))
         elif isinstance(v, dict):
             if isinstance(v, OrderedDict):

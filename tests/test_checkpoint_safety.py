@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
@@ -159,7 +160,5 @@ def test_fuzzed_archives_fail_only_with_checkpoint_errors(tmp_path, data):
     raw = raw[: data.draw(st.integers(1, len(raw)))]
     path = tmp_path / "fuzz.pth"
     path.write_bytes(bytes(raw))
-    try:
+    with contextlib.suppress(CheckpointError):  # a clear error is fine; anything else fails the test
         torch_archive.load(path)
-    except CheckpointError:
-        pass

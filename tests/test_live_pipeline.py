@@ -75,7 +75,7 @@ def test_microphone_to_virtual_camera(pulse_server, speech_wav, engine, astronau
     audio = np.concatenate(heard)
     idle = renderer.compositor.idle_frame
     outside = renderer.compositor.blend_mask == 0
-    frames = dict(zip((r.index for r in pipe.stats.records), recorder.frames))
+    frames = dict(zip((r.index for r in pipe.stats.records), recorder.frames, strict=True))
     silent, speaking = [], []
     for r in records:
         a, b = clock.audio_span(r.index)
@@ -91,7 +91,7 @@ def test_microphone_to_virtual_camera(pulse_server, speech_wav, engine, astronau
     moved = [np.abs(frames[k].astype(int) - idle).max(axis=2) for k in speaking]
     assert all(m[~outside].max() > 10 for m in moved)
     assert all(m[outside].max() == 0 for m in moved)
-    assert np.mean([np.abs(frames[a].astype(int) - frames[b]).mean() for a, b in zip(speaking, speaking[1:])]) > 0.01
+    assert np.mean([np.abs(frames[a].astype(int) - frames[b]).mean() for a, b in zip(speaking, speaking[1:], strict=False)]) > 0.01
     # Timestamps follow the audio: frames leave at the audio clock's pace, a bounded time after their audio.
     t_audio = np.array([r.audio_time for r in records])
     t_out = np.array([r.emitted for r in records])

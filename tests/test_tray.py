@@ -13,6 +13,7 @@ each test runs the tray there (`app.run()`) and drives it from a second thread (
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import json
 import os
@@ -677,10 +678,8 @@ def test_show_preview_and_avatar_cam_microphone_from_the_menu(desktop, pulse_ser
         def closed_by_hand() -> bool:
             window = preview_window(desktop)
             if window:  # clicked again, as a user would, if the first click came before the window listened
-                try:
+                with contextlib.suppress(Exception):  # (it closed between the lookup and the click)
                     close_window(desktop, window)
-                except Exception:  # noqa: BLE001  (it closed between the lookup and the click)
-                    pass
             return not controller.preview and not is_checked(app, "Show preview")
 
         wait_for(closed_by_hand, "the preview turned off", step=0.5)
