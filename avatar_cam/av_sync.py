@@ -476,8 +476,8 @@ def sync_report(x: np.ndarray, heard, y: np.ndarray, left, frames: list[tuple[fl
     # The voice leaves 0 to max_delay_s after it was heard: where x's first voiced sample can be in y.
     voiced = int(np.argmax(np.abs(x) > 0.02))
     t0, per_sample = float(left(0)), float(left(SAMPLE_RATE) - left(0)) / SAMPLE_RATE
-    lags = [round((float(heard(voiced)) + d - t0) / per_sample) - voiced for d in (0.0, max_delay_s)]
-    centres, found, similar = locate_voice(x, y, lags=(lags[0], lags[1]))
+    lo, hi = (round((float(heard(voiced)) + d - t0) / per_sample) - voiced for d in (0.0, max_delay_s))
+    centres, found, similar = locate_voice(x, y, lags=(lo, hi))
     good = similar > 0.8
     if good.sum() < 3:
         raise ValueError("too little of the voice could be found in the recording")
@@ -681,8 +681,16 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         talking = [(t_audio, sent) for (k, t_audio, inferred, *_), sent in zip(shown, cam_times, strict=True)
                    if k >= 0 and inferred]
         x, y = ring.read(0, ring.total), recorded.read(0, recorded.total)
-        result = sync_report(x, steady_clock(ring), y, steady_clock(recorded), talking,
-                             max_delay_s=max(2.0, offset_ms / 1000 + 1.0))
+        try:
+            result = sync_report(x, steady_clock(ring), y, steady_clock(recorded), talking,
+                                 max_delay_s=max(2.0, offset_ms / 1000 + 1.0))
+        except ValueError as exc:  # the recording or its clocks do not allow a measurement
+            from .errors import AvatarCamError
+
+            raise AvatarCamError(f"bench av-sync could not measure voice against lips: {exc}",
+                                 hint="run it again for longer (--seconds 60) with nothing else using the sound "
+                                      "server; `pactl list short sources` should list avatar_cam_mic while it runs"
+                                 ) from None
         latency = [lat for k, _, inferred, lat, _ in shown if k >= 0 and inferred and lat is not None]
         ready = [d for k, _, inferred, _, d in shown if k >= 0 and inferred and d is not None]
     result.update({
@@ -693,4 +701,3 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         "underruns": status["underruns"], "cpu_pct": cpu_pct,
     })
     return result
-

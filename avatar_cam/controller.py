@@ -99,8 +99,8 @@ class Controller:
         self._vmic = None  # the VirtualMicrophone fed from the ring, while the camera runs
         self._extras_fault: dict[str, str] = {}  # "preview" / "virtual_mic" -> why it is not working
         self._rescans = 0  # PortAudio rescans so far: a stream opened before one is dead
-        self._next_mic_search = 0.0
-        self._kept_vmic_devices = None  # "Avatar Cam Microphone" kept in place while the camera reopens  # when the watchdog may next look for a chosen microphone PortAudio lacks
+        self._next_mic_search = 0.0  # when the watchdog may next look for a chosen microphone PortAudio lacks
+        self._kept_vmic_devices = None  # "Avatar Cam Microphone" kept in place while the camera reopens
 
     # --- observers ----------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Status], None]) -> None:
@@ -702,19 +702,10 @@ class Controller:
         """The chosen microphone, unplugged and plugged in again, may come back under a new ALSA card that
         this process's PortAudio does not list: look for it among the devices there are now, every
         `MIC_SEARCH_S` (in a fresh process while streams are open; see `_find_unlisted_mic`)."""
-        from .audio_source import AudioError, find_input_device
-
-        name, now = self.settings.mic, time.monotonic()
-        if name is None or now < self._next_mic_search:
-            return
-        try:
-            find_input_device(name)
-            return
-        except AudioError:
-            pass
-        self._next_mic_search = now + self.MIC_SEARCH_S
-        if self._find_unlisted_mic(name):
-            log.info("found the microphone %r again", name)
+        now = time.monotonic()
+        if self.settings.mic is not None and now >= self._next_mic_search:
+            self._next_mic_search = now + self.MIC_SEARCH_S
+            self._find_unlisted_mic(self.settings.mic)
 
     # --- helpers ---------------------------------------------------------------------------------
     def _current_photo(self) -> Path:

@@ -68,9 +68,14 @@ FEATURE_SHAPES = [(16, 96, 96), (32, 48, 48), (64, 24, 24), (128, 12, 12), (256,
 STAGES: list[list[ConvLayer]] = [*FACE_DECODER, OUTPUT_BLOCK]
 
 
+def _feature_of(stage: int) -> int:
+    """Which face feature `STAGES[stage]` (stage >= 1) takes: feat6 for stage 1 ... feat0 for 7."""
+    return len(STAGES) - 1 - stage
+
+
 def _face_channels(stage: int) -> int:
-    """How many of `STAGES[stage]`'s input channels come from the face (feat6 for stage 1 ... feat0 for 7)."""
-    return FEATURE_SHAPES[len(STAGES) - 1 - stage][0]
+    """How many of `STAGES[stage]`'s input channels come from the face."""
+    return FEATURE_SHAPES[_feature_of(stage)][0]
 
 
 def _out_size(layer: ConvLayer, n: int) -> int:
@@ -165,7 +170,7 @@ def build_face_encoder(weights: dict[str, np.ndarray], first_row: int = 0) -> ov
         outputs = []
         for i, (_, top) in enumerate(_plan(first_row)[1:], start=1):
             _, face_kernel, _ = _split_kernel(STAGES[i][0], weights, _face_channels(i))
-            outputs.append(_rows_from(_conv(feats[len(STAGES) - 1 - i], face_kernel, STAGES[i][0]), top).output(0))
+            outputs.append(_rows_from(_conv(feats[_feature_of(i)], face_kernel, STAGES[i][0]), top).output(0))
     prefix = "feat" if first_row == 0 else "skip"
     for i, out in enumerate(outputs):
         out.get_tensor().set_names({f"{prefix}{i if first_row == 0 else i + 1}"})
@@ -189,7 +194,7 @@ def build_generator(weights: dict[str, np.ndarray], first_row: int = 0) -> ov.Mo
     else:
         face_params = []
         for i, (_, top) in enumerate(plan[1:], start=1):
-            layer, (_, h, w) = STAGES[i][0], FEATURE_SHAPES[len(STAGES) - 1 - i]
+            layer, (_, h, w) = STAGES[i][0], FEATURE_SHAPES[_feature_of(i)]
             h, w = _out_size(layer, h), _out_size(layer, w)
             face_params.append(ops.parameter([-1, layer.cout, h - top, w], np.float32, name=f"skip{i}"))
     x = _sequence(mel, AUDIO_ENCODER, weights)
@@ -205,8 +210,8 @@ def build_generator(weights: dict[str, np.ndarray], first_row: int = 0) -> ov.Mo
             y = _sequence(y, stage[1:], weights)
         top = out_top
         if first_row == 0 and i < len(FACE_DECODER):
-            skip = _rows_from(face_params[len(FEATURE_SHAPES) - 1 - i], top)
-            c, h, w = FEATURE_SHAPES[len(FEATURE_SHAPES) - 1 - i]
+            skip = _rows_from(face_params[_feature_of(i + 1)], top)  # what the next stage takes
+            c, h, w = FEATURE_SHAPES[_feature_of(i + 1)]
             batch = ops.gather(ops.shape_of(y), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
             target = ops.concat([batch, ops.constant(np.array([c, h - top, w], np.int64))], axis=0)
             y = ops.concat([y, ops.broadcast(skip, target)], axis=1)
