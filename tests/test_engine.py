@@ -113,7 +113,8 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'librosa', '
 def test_bench_engine_reports_every_figure(random_checkpoint):
     from helpers import run_cli
 
-    out = run_cli("bench", "engine", "--json", "--seconds", "0.1", "--no-torch", "--checkpoint", str(random_checkpoint))
+    out = run_cli("bench", "engine", "--json", "--seconds", "0.1", "--no-torch", "--checkpoint", str(random_checkpoint),
+                  timeout=600)  # it compiles the network six times: minutes on a loaded 2-core machine
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     for table in ("ms_per_frame", "ms_per_frame_still_face", "ms_per_frame_live"):

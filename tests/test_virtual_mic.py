@@ -119,6 +119,7 @@ from avatar_cam.vmic.microphone import VirtualMicrophone
 class Renderer:
     gate = SimpleNamespace(update=lambda audio: 0.0)
     idle_frame = np.zeros((8, 8, 3), np.uint8)
+    draws_inline = True  # draws every frame on the frame thread, as the Lite engine does
 
     def __init__(self, crash_at):
         self.crash_at = crash_at
