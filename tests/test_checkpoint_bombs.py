@@ -15,12 +15,13 @@ from helpers import run_cli_peak_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avatar_cam import paths, torch_archive
-from avatar_cam.checkpoint import BUDGET, load_checkpoint
+from avatar_cam import paths
 from avatar_cam.errors import CheckpointError
-from avatar_cam.safe_pickle import PickleBudget
-from avatar_cam.torch_tensors import Budget
-from avatar_cam.wav2lip_arch import random_state_dict
+from avatar_cam.wav2lip import torch_archive
+from avatar_cam.wav2lip.arch import random_state_dict
+from avatar_cam.wav2lip.checkpoint import BUDGET, load_checkpoint
+from avatar_cam.wav2lip.safe_pickle import PickleBudget
+from avatar_cam.wav2lip.torch_tensors import Budget
 
 # A genuine checkpoint's weights are 145 MB; importing one peaks at ~190 MB here. Any input may cost at most
 # about twice the weights.
