@@ -10,6 +10,7 @@ PulseAudio itself is pulse.py's (a pytest plugin); the recording camera backend 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import re
@@ -180,6 +181,13 @@ class Stall:
 
 
 @dataclass
+class Endless:
+    """Send zeros and no Content-Length, until the client hangs up (or `limit` bytes, a safety net)."""
+
+    limit: int = 4 << 30
+
+
+@dataclass
 class Request:
     path: str
     range: str | None
@@ -232,6 +240,16 @@ class LocalServer:
                     self.send_header("Content-Length", str(len(route.body)))
                     self.end_headers()
                     self.wfile.write(route.body)
+                elif isinstance(route, Endless):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.end_headers()
+                    block, sent = bytes(1 << 20), 0
+                    with contextlib.suppress(OSError):
+                        while sent < route.limit:
+                            self.wfile.write(block)
+                            sent += len(block)
+                    self.close_connection = True
                 elif isinstance(route, Stall):
                     if route.after_headers is not None:
                         self.send_response(200)
