@@ -1,4 +1,4 @@
-"""`avatar-cam ctl ...`: drive the running daemon from scripts and keyboard shortcuts (through control.py)."""
+"""`avatar-cam ctl ...`: drive the running daemon from scripts and keyboard shortcuts (through daemon/control_client.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from avatar_cam.daemon import control_server as control
+from avatar_cam.daemon import control_client
 
 # Starting the camera loads the photo and the engine (seconds on a slow CPU); the rest answer at once, but
 # a command arriving during a start waits for it.
@@ -41,7 +41,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         arg = str(args.path.expanduser().absolute())  # the daemon does not share our working directory
     elif action == "mic":
         arg = args.name
-    response = control.send(action, arg, timeout=TIMEOUT_S.get(action, DEFAULT_TIMEOUT_S))
+    response = control_client.send(action, arg, timeout=TIMEOUT_S.get(action, DEFAULT_TIMEOUT_S))
     status = response.get("status") or {}
     if getattr(args, "json", False):
         print(json.dumps(status, indent=2))
