@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ from avatar_cam.audio.mel import melspectrogram
 from avatar_cam.audio.ring import SAMPLE_RATE
 from avatar_cam.audio.sources import load_audio
 from avatar_cam.cli.picture_options import add_picture_options, renderer_from_args
+from avatar_cam.errors import AvatarCamError
 from avatar_cam.outputs.recorder import Mp4Recorder
 
 FPS_DEFAULT = 25.0
@@ -43,15 +47,53 @@ def render_video(renderer, audio_path: Path, output: Path, progress: bool = True
             for frame, _info in renderer.render_clip(mel, audio):
                 rec.send(frame)
                 bar.update()
-    finally:
-        rec.close()
+    except BaseException:  # Ctrl-C, SIGTERM, an error: no partial video, an existing output stays as it was
+        rec.abort()
+        raise
+    rec.close()
     took = time.perf_counter() - t0
     seconds = len(audio) / SAMPLE_RATE
     return (f"wrote {output}: {rec.frames} frames at {clock.fps:g} fps, {seconds:.2f} s of audio, "
             f"{seconds / took:.1f}x real time ({renderer.lipsync.name} engine)")
 
 
+def refuse_overwriting_inputs(output: Path, **inputs: Path | None) -> None:
+    """An output that is one of the inputs would destroy it: refuse, before anything is read or written."""
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        same = output.resolve() == path.resolve()
+        with contextlib.suppress(OSError):
+            same = same or (output.exists() and os.path.samefile(output, path))
+        if same:
+            raise AvatarCamError(f"the output {output} is the {what} file: rendering would overwrite it",
+                                 hint="choose another output name, e.g. --output talk.mp4")
+
+
+@contextlib.contextmanager
+def interrupt_on_termination():
+    """SIGTERM and SIGHUP end a render like Ctrl-C: through the cleanup, not around it."""
+    def handler(signum, _frame):
+        raise KeyboardInterrupt
+
+    wanted = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in wanted}
+    try:
+        yield
+    finally:
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    refuse_overwriting_inputs(args.output, audio=args.audio, photo=args.photo)
     renderer, _picture = renderer_from_args(args, FPS_DEFAULT)
-    print(render_video(renderer, args.audio, args.output, progress=not args.no_progress))
+    existed = args.output.exists()
+    try:
+        with interrupt_on_termination():
+            print(render_video(renderer, args.audio, args.output, progress=not args.no_progress))
+    except KeyboardInterrupt:
+        kept = "; the existing file is unchanged" if existed else ""
+        print(f"avatar-cam: interrupted: {args.output} was not written{kept}", file=sys.stderr)
+        return 130
     return 0
