@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from avatar_cam.audio.mel import melspectrogram
+from avatar_cam.audio.file_stream import StreamedAudio
 from avatar_cam.audio.ring import SAMPLE_RATE
-from avatar_cam.audio.sources import load_audio
 from avatar_cam.cli.picture_options import add_picture_options, renderer_from_args
 from avatar_cam.errors import AvatarCamError
 from avatar_cam.outputs.recorder import Mp4Recorder
@@ -36,15 +35,14 @@ def render_video(renderer, audio_path: Path, output: Path, progress: bool = True
     """Render `audio_path` through `renderer` into `output` (mp4 with the sound); returns what to tell the user."""
     from tqdm import tqdm
 
-    audio = load_audio(audio_path)
+    audio = StreamedAudio(audio_path)  # decoded as the frames need it: memory does not grow with the length
     fmt, clock = renderer.compositor.fmt, renderer.clock
     n = clock.frame_count(len(audio) / SAMPLE_RATE)
-    mel = melspectrogram(audio)
     rec = Mp4Recorder(output, fmt.width, fmt.height, clock.fps, audio=audio_path)
     t0 = time.perf_counter()
     try:
         with tqdm(total=n, unit="frame", desc=f"rendering {output.name}", disable=not progress, file=sys.stderr) as bar:
-            for frame, _info in renderer.render_clip(mel, audio):
+            for frame, _info in renderer.render_clip(audio.mel, audio):
                 rec.send(frame)
                 bar.update()
     except BaseException:  # Ctrl-C, SIGTERM, an error: no partial video, an existing output stays as it was
