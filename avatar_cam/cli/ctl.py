@@ -60,8 +60,9 @@ def status_line(status: dict) -> str:
         return f"Error: {status.get('error')}"
     if state == "stopped":
         return "Camera off"
-    lat = status.get("latency_ms_p95")
-    return f"{state.capitalize()}: {status.get('fps', 0):.0f} fps" + (f", {lat:.0f} ms" if lat is not None else "")
+    lat, lips = status.get("latency_ms_p95"), status.get("lips")
+    return (f"{state.capitalize()}: {status.get('fps', 0):.0f} fps" + (f", {lat:.0f} ms" if lat is not None else "")
+            + (f", {lips}" if lips else ""))
 
 
 def describe(status: dict) -> str:
@@ -72,6 +73,7 @@ def describe(status: dict) -> str:
         lines.append(f"  {label + ':':<13}{value if value is not None else '(default)' if key == 'mic' else '-'}")
     lines.append(f"  {'virtual mic:':<13}{virtual_mic_line(status.get('virtual_mic'))}")
     lines.append(f"  {'preview:':<13}{'on' if status.get('preview') else 'off'}")
+    lines.append(f"  {'performance:':<13}{status.get('performance', '-')}")
     return "\n".join(lines)
 
 
