@@ -75,3 +75,29 @@ def test_a_large_photo_that_is_accepted_is_scaled_before_it_is_converted(speech_
     assert "scaled to 4096 px" in result.stderr
     # The decoded photo (144 MB), Pillow's premultiplied copy and resize passes; 1.6 GB before (float32 flattening).
     assert peak_mb < 800, f"peak RSS {peak_mb:.0f} MB"
+
+
+def test_ctl_photo_with_a_bomb_is_refused_and_the_daemon_keeps_answering(bomb, astronaut_png, tmp_path, monkeypatch):
+    """Through the control socket: the running daemon refuses it at once and stays small and responsive."""
+    import shutil
+
+    from helpers import DaemonProcess, run_cli, short_runtime_dir
+
+    from avatar_cam.settings import Settings
+
+    run = short_runtime_dir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    Settings(photo=str(astronaut_png), engine="lite", camera_on=False).save()
+    daemon = DaemonProcess(tmp_path / "daemon")
+    try:
+        daemon.wait_ready()
+        result = run_cli("ctl", "photo", str(bomb), timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "13000x13000 pixels" in result.stderr
+        assert daemon.status()["photo"] == str(astronaut_png)  # the current photo stays
+        proc_status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+        rss_mb = int(proc_status.split("VmHWM:")[1].split()[0]) / 1024  # the daemon's peak RSS
+        assert rss_mb < 500, f"the daemon peaked at {rss_mb:.0f} MB"
+    finally:
+        daemon.kill()
+        shutil.rmtree(run, ignore_errors=True)
