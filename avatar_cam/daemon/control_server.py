@@ -117,7 +117,8 @@ class ControlServer:
         self._wake_r = self._wake_w = None  # a pipe that wakes the Unix server's select() on close
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        self._clients: set[socket.socket] = set()
+        self._reading: set[socket.socket] = set()  # clients still to deliver their request line
+        self._workers: set[threading.Thread] = set()
         self._clients_lock = threading.Lock()
 
     def start(self) -> ControlServer:
@@ -171,9 +172,11 @@ class ControlServer:
             if not self._slots.acquire(blocking=False):
                 self._refuse_busy(conn)
                 continue
+            worker = threading.Thread(target=self._client_thread, args=(conn,), name="control-client", daemon=True)
             with self._clients_lock:
-                self._clients.add(conn)
-            threading.Thread(target=self._client_thread, args=(conn,), name="control-client", daemon=True).start()
+                self._reading.add(conn)
+                self._workers.add(worker)
+            worker.start()
 
     def _client_thread(self, conn: socket.socket) -> None:
         try:
@@ -183,7 +186,8 @@ class ControlServer:
             log.exception("control client failed")
         finally:
             with self._clients_lock:
-                self._clients.discard(conn)
+                self._reading.discard(conn)
+                self._workers.discard(threading.current_thread())
             self._slots.release()
 
     @staticmethod
@@ -197,7 +201,11 @@ class ControlServer:
     def _serve_client(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + CLIENT_DEADLINE_S
         try:
-            line, too_long = read_line(conn, MAX_REQUEST, deadline)
+            try:
+                line, too_long = read_line(conn, MAX_REQUEST, deadline)
+            finally:
+                with self._clients_lock:
+                    self._reading.discard(conn)  # from here on, close() lets it finish its answer
         except TimeoutError:
             response = error_response(f"no complete request line within {CLIENT_DEADLINE_S:g} s", "end the request with a newline")
         except OSError as exc:
@@ -234,7 +242,7 @@ class ControlServer:
                     conn.send_bytes(json.dumps(response).encode() + b"\n")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop serving (after the request in hand) and remove the socket file. Idempotent."""
+        """Stop serving (after the requests in hand are answered) and remove the socket file. Idempotent."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -248,9 +256,13 @@ class ControlServer:
         if self._thread is not None:
             self._thread.join(timeout)
         with self._clients_lock:
-            for conn in self._clients:  # wake clients still waiting for a request line
+            for conn in self._reading:  # wake clients still waiting for a request line
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
+            workers = [w for w in self._workers if w is not threading.current_thread()]
+        deadline = time.monotonic() + timeout
+        for worker in workers:  # requests in hand (a `quit` among them) get their answer
+            worker.join(max(0.0, deadline - time.monotonic()))
         if self._listener is not None:  # pragma: no cover
             self._listener.close()
         if self._sock is not None:
