@@ -73,6 +73,12 @@ def genuine_with(path: Path, sd: dict[str, np.ndarray], extra_ops: bytes, extra_
     return zip_checkpoint(path, pkl, {**storages, **dict(extra_storages)}, list(extra_members))
 
 
+def genuine_with_keys(path: Path, sd: dict[str, np.ndarray], extra_items: bytes) -> Path:
+    """A valid state dict with more entries (key and value opcodes) added inside it."""
+    sd_ops, storages = state_dict_ops(sd)
+    return zip_checkpoint(path, program(dict_of([("state_dict", sd_ops[:-1] + extra_items + b"u")])), storages)
+
+
 # --- the attacks --------------------------------------------------------------------------------------------
 
 

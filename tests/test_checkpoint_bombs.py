@@ -68,6 +68,8 @@ BOMBS = {
     "a 0-d tensor at offset -1": lambda tmp, sd: _standalone(tmp, "o2.pth", h.tensor("a", 4, -1, (), ()), {"a": bytes(16)}),
     "a duplicate zip member with short data": lambda tmp, sd: h.genuine_with(
         tmp / "d.pth", sd, h.value(None), extra_members=[("archive/data/w0", b"\0" * 8)]),
+    "keys that are not strings, and a 100 kB key": lambda tmp, sd: h.genuine_with_keys(
+        tmp / "k.pth", sd, h.value(5) + h.value(None) + h.value("x" * 100_000) + h.value(None)),
     "a legacy file whose storage claims 2**62 elements": lambda tmp, sd: h.legacy_checkpoint(
         tmp / "l.pth", h.dict_of([("state_dict", h.tensor("0", 4, 0, (4,), (1,)))]), ["0"], [(1 << 62, bytes(16))]),
     "a legacy file with a 4 GB string length": lambda tmp, sd: h.legacy_checkpoint(

@@ -60,6 +60,12 @@ def _strip_prefix(sd: dict) -> dict:
     return dict(sd)
 
 
+def _shown(key: object) -> str:
+    """A key from the file, for a message: any type, any length (the file chose it)."""
+    text = key if isinstance(key, str) else f"a {type(key).__name__}"
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
+
+
 def validate_state_dict(sd: dict, name: str = "checkpoint", archive: torch_archive.Archive | None = None) -> dict[str, np.ndarray]:
     """Check every key and shape against the published generator; return float32 weights.
 
@@ -73,7 +79,7 @@ def validate_state_dict(sd: dict, name: str = "checkpoint", archive: torch_archi
     if unexpected and len(unexpected) >= len(expected) // 2:
         raise CheckpointError(
             f"{name} is not a Wav2Lip generator: {len(unexpected)} of its {len(sd)} keys are unknown "
-            f"(for example {unexpected[0]!r}); it may be a SyncNet, a discriminator or another model",
+            f"(for example {_shown(unexpected[0])}); it may be a SyncNet, a discriminator or another model",
             hint=CHECKPOINT_HINT,
         )
     if missing:
@@ -81,7 +87,7 @@ def validate_state_dict(sd: dict, name: str = "checkpoint", archive: torch_archi
             f"{name} is missing {len(missing)} of the generator's weights, for example {missing[0]!r}", hint=CHECKPOINT_HINT
         )
     if unexpected:
-        raise CheckpointError(f"{name} has keys the Wav2Lip generator does not: {', '.join(unexpected[:3])}", hint=CHECKPOINT_HINT)
+        raise CheckpointError(f"{name} has keys the Wav2Lip generator does not: {', '.join(_shown(k) for k in unexpected[:3])}", hint=CHECKPOINT_HINT)
     needed = {}
     for key, shape in expected.items():
         if key not in sd:
