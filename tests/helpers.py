@@ -1,6 +1,7 @@
 """Helpers the tests share (import as `from helpers import ...`); no test file imports another.
 
-- run_cli: the real CLI in a subprocess; wait_for / eventually: polling with a deadline;
+- run_cli: the real CLI in a subprocess (run_cli_peak_rss: and its peak memory); wait_for / eventually: polling
+  with a deadline;
 - short_runtime_dir, DaemonProcess: a real `avatar-cam daemon --no-tray` (through run_product.py);
 - LocalServer & co.: a local HTTP server whose misbehaviour each test chooses (downloads);
 - defaults, device_names, voice_windows: what a PulseAudio server has, and where a voice reappears in a recording.
@@ -9,6 +10,7 @@ PulseAudio itself is pulse.py's (a pytest plugin); the recording camera backend 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import re
@@ -179,6 +181,13 @@ class Stall:
 
 
 @dataclass
+class Endless:
+    """Send zeros and no Content-Length, until the client hangs up (or `limit` bytes, a safety net)."""
+
+    limit: int = 4 << 30
+
+
+@dataclass
 class Request:
     path: str
     range: str | None
@@ -231,6 +240,16 @@ class LocalServer:
                     self.send_header("Content-Length", str(len(route.body)))
                     self.end_headers()
                     self.wfile.write(route.body)
+                elif isinstance(route, Endless):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.end_headers()
+                    block, sent = bytes(1 << 20), 0
+                    with contextlib.suppress(OSError):
+                        while sent < route.limit:
+                            self.wfile.write(block)
+                            sent += len(block)
+                    self.close_connection = True
                 elif isinstance(route, Stall):
                     if route.after_headers is not None:
                         self.send_response(200)
@@ -321,3 +340,26 @@ def voice_windows(x: np.ndarray, y: np.ndarray, start: int, win: int = 8000, sea
 def magnitudes(x: np.ndarray) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(x, 512)[::128] * np.hanning(512)
     return np.abs(np.fft.rfft(frames, axis=1))
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_cli_peak_rss(*args: str, env: dict | None = None, timeout: float = 300):
+    """`run_cli`, and the peak RSS of that `avatar-cam` process in MB.
+
+    The process is started by a small launcher, not by pytest: Linux counts the RSS of the parent a child was
+    forked from in the child's peak, so a child of a big pytest process would report pytest's size.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        result = subprocess.run(
+            [sys.executable, "-c", _MEASURE, rss.name, sys.executable, "-m", "avatar_cam", *args], capture_output=True,
+            text=True, env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        peak_kib = int(rss.read() or 0)
+    return result, peak_kib / 1024

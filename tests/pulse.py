@@ -193,6 +193,29 @@ class PulseServer:
         self.stop()
 
 
+class RestartablePulse(PulseServer):
+    """A private PulseAudio server that can crash (SIGTERM) and start again at the same address."""
+
+    def crash(self) -> None:
+        for proc in [*self.readers, self.daemon]:
+            proc.terminate()
+            proc.wait(10)
+        self.readers = []
+
+    def come_back(self, timeout: float = 20.0) -> None:
+        """Start the daemon again with the same runtime dir and config; return once recording streams get audio."""
+        env = {**self.subprocess_env(), "XDG_CONFIG_HOME": str(self.runtime_dir / "config")}
+        env.pop("PULSE_SERVER")
+        self.daemon = subprocess.Popen(self.daemon.args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+        self._wait(lambda: self.pactl("info").returncode == 0, timeout, "`pactl info` never answered after the restart")
+        self.readers = [subprocess.Popen(["parec", "--latency-msec=10", "-d", "test_speaker.monitor"],
+                                         env=self.subprocess_env(), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        self._wait(self._readers_connected, timeout, "the keep-alive reader never connected after the restart")
+        self.wait_until_flowing("test_speaker.monitor", timeout)
+
+
 def terminate(proc: subprocess.Popen) -> None:
     """SIGTERM, then SIGKILL after 5 s; returns once the process is gone."""
     if proc.poll() is not None:

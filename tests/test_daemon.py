@@ -111,7 +111,7 @@ def test_a_socket_left_by_a_killed_daemon_is_replaced(runtime_dir, daemons, came
     assert not sock.exists()
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "ctl quit"])
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGHUP", "ctl quit"])
 def test_daemon_stops_cleanly(runtime_dir, daemons, camera_off, how):
     d = daemons.start()
     d.wait_ready()

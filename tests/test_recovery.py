@@ -13,7 +13,6 @@ to another source, so that is not used.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 import pyvirtualcam
 from camera_recorder import RecordingCamera
 from helpers import wait_for
-from pulse import PulseServer, serving
+from pulse import RestartablePulse, serving
 
 from avatar_cam.daemon.controller import Controller
 from avatar_cam.settings import Settings
@@ -42,29 +41,6 @@ def largest_gap(times: list[float], start: float, end: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------ microphone
-
-
-class RestartablePulse(PulseServer):
-    """A private PulseAudio server that can crash (SIGTERM) and start again at the same address."""
-
-    def crash(self) -> None:
-        for proc in [*self.readers, self.daemon]:
-            proc.terminate()
-            proc.wait(10)
-        self.readers = []
-
-    def come_back(self, timeout: float = 20.0) -> None:
-        """Start the daemon again with the same runtime dir and config; return once recording streams get audio."""
-        env = {**self.subprocess_env(), "XDG_CONFIG_HOME": str(self.runtime_dir / "config")}
-        env.pop("PULSE_SERVER")
-        self.daemon = subprocess.Popen(self.daemon.args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-        self._wait(lambda: self.pactl("info").returncode == 0, timeout, "`pactl info` never answered after the restart")
-        self.readers = [subprocess.Popen(["parec", "--latency-msec=10", "-d", "test_speaker.monitor"],
-                                         env=self.subprocess_env(), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-        self._wait(self._readers_connected, timeout, "the keep-alive reader never connected after the restart")
-        self.wait_until_flowing("test_speaker.monitor", timeout)
 
 
 @pytest.fixture()

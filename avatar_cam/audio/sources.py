@@ -22,6 +22,7 @@ from avatar_cam.audio.devices import (
     list_input_devices,
     sounddevice_module,
 )
+from avatar_cam.audio.file_stream import check_audio_file, unreadable
 from avatar_cam.audio.ring import SAMPLE_RATE, AudioRing
 from avatar_cam.errors import AudioError
 
@@ -34,15 +35,11 @@ def load_audio(path) -> np.ndarray:
     import soundfile
 
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"Audio file not found: {path}", hint="Check the path; WAV, FLAC, OGG and MP3 files are supported.")
+    check_audio_file(path)
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError) as e:
-        raise AudioError(
-            f"Cannot read audio file {path}: {e}",
-            hint=f"Use WAV, FLAC, OGG or MP3, or convert it: ffmpeg -i '{path}' -ac 1 -ar 16000 '{path.stem}.wav'",
-        ) from None
+    except (soundfile.SoundFileError, RuntimeError, TypeError) as e:
+        raise unreadable(path, e) from None
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if rate != SAMPLE_RATE and len(mono):
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from avatar_cam.cli.picture_options import add_picture_options, renderer_from_args
-from avatar_cam.offline.render import render_video
+from avatar_cam.offline.render import interrupt_on_termination, refuse_overwriting_inputs, render_video
 
 FPS_DEFAULT = 25.0
 
@@ -22,6 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    refuse_overwriting_inputs(args.output, audio=args.audio, photo=args.photo)
     renderer, _picture = renderer_from_args(args, FPS_DEFAULT, whole_machine=True)
-    print(render_video(renderer, args.audio, args.output, progress=not args.no_progress))
+    existed = args.output.exists()
+    try:
+        with interrupt_on_termination():
+            print(render_video(renderer, args.audio, args.output, progress=not args.no_progress))
+    except KeyboardInterrupt:
+        kept = "; the existing file is unchanged" if existed else ""
+        print(f"avatar-cam: interrupted: {args.output} was not written{kept}", file=sys.stderr)
+        return 130
     return 0

@@ -3,9 +3,10 @@
 Protocol: the client connects, writes ONE request line and reads ONE response line, then both close.
     request   {"cmd": "status"|"start"|"stop"|"pause"|"resume"|"photo"|"mic"|"show"|"quit", "arg": ...}
     response  {"ok": true, "status": {...}}  or  {"ok": false, "error": "...", "hint": "..."}
-One request per connection keeps the server simple: it serves clients one after another on its own thread,
-gives each `CLIENT_DEADLINE_S` to deliver its request, and answers garbage, oversized (> `MAX_REQUEST` bytes)
-or late requests with an error response instead of dying.
+One request per connection keeps the server simple. Clients are served at the same time, each on a thread of
+its own, so one that sends half a line cannot hold up the others; each has `CLIENT_DEADLINE_S` to deliver its
+request, at most `MAX_CLIENTS` are served at once (one more is answered "busy" at once), and garbage, oversized
+(> `MAX_REQUEST` bytes) or late requests get an error response instead of taking the server down.
 
 Where it lives: see runtime_dir.py (0700 directory, 0600 socket; a named pipe with a key on Windows, written
 to the same protocol but not run in CI). The daemon holds the instance lock (instance.py) before it binds, so a
@@ -34,7 +35,8 @@ from avatar_cam.errors import AvatarCamError
 
 log = logging.getLogger(__name__)
 
-CLIENT_DEADLINE_S = 5.0  # a client has this long to deliver its request line
+CLIENT_DEADLINE_S = 2.0  # a client has this long to deliver its request line (ctl sends it at once)
+MAX_CLIENTS = 64  # served at once; idle connections beyond this cannot crowd out `ctl status`
 
 Handler = Callable[[str, Any], dict]
 
@@ -98,7 +100,7 @@ def controller_handler(controller, on_show: Callable[[], None], on_quit: Callabl
 
 # --- server --------------------------------------------------------------------------------------
 class ControlServer:
-    """Serves requests on a thread of its own ("control"), one client at a time.
+    """Accepts on a thread of its own ("control"), and serves each client on a thread of its own.
 
     Call `start()` only while holding the `InstanceLock`; `close()` (from any other thread) stops the thread
     and removes the socket file.
@@ -114,6 +116,10 @@ class ControlServer:
         self._stopping = threading.Event()
         self._wake_r = self._wake_w = None  # a pipe that wakes the Unix server's select() on close
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._reading: set[socket.socket] = set()  # clients still to deliver their request line
+        self._workers: set[threading.Thread] = set()
+        self._clients_lock = threading.Lock()
 
     def start(self) -> ControlServer:
         if WINDOWS:  # pragma: no cover
@@ -143,7 +149,7 @@ class ControlServer:
         try:
             sock.bind(str(self.path))
             os.chmod(self.path, 0o600)  # the 0700 directory already shuts others out while this runs
-            sock.listen(16)
+            sock.listen(socket.SOMAXCONN)
         except OSError as exc:
             sock.close()
             raise AvatarCamError(f"cannot create the control socket {self.path}: {exc}",
@@ -163,16 +169,43 @@ class ControlServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 continue
+            if not self._slots.acquire(blocking=False):
+                self._refuse_busy(conn)
+                continue
+            worker = threading.Thread(target=self._client_thread, args=(conn,), name="control-client", daemon=True)
+            with self._clients_lock:
+                self._reading.add(conn)
+                self._workers.add(worker)
+            worker.start()
+
+    def _client_thread(self, conn: socket.socket) -> None:
+        try:
             with conn:
-                try:
-                    self._serve_client(conn)
-                except Exception:  # whatever one client does, the next one is served
-                    log.exception("control client failed")
+                self._serve_client(conn)
+        except Exception:  # whatever one client does, the others are served
+            log.exception("control client failed")
+        finally:
+            with self._clients_lock:
+                self._reading.discard(conn)
+                self._workers.discard(threading.current_thread())
+            self._slots.release()
+
+    @staticmethod
+    def _refuse_busy(conn: socket.socket) -> None:
+        log.warning("control socket: %d clients at once; refusing one more", MAX_CLIENTS)
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(0.5)
+            conn.sendall(json.dumps(error_response(
+                f"the daemon is serving {MAX_CLIENTS} control clients already", "try again in a few seconds")).encode() + b"\n")
 
     def _serve_client(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + CLIENT_DEADLINE_S
         try:
-            line, too_long = read_line(conn, MAX_REQUEST, deadline)
+            try:
+                line, too_long = read_line(conn, MAX_REQUEST, deadline)
+            finally:
+                with self._clients_lock:
+                    self._reading.discard(conn)  # from here on, close() lets it finish its answer
         except TimeoutError:
             response = error_response(f"no complete request line within {CLIENT_DEADLINE_S:g} s", "end the request with a newline")
         except OSError as exc:
@@ -209,7 +242,7 @@ class ControlServer:
                     conn.send_bytes(json.dumps(response).encode() + b"\n")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop serving (after the request in hand) and remove the socket file. Idempotent."""
+        """Stop serving (after the requests in hand are answered) and remove the socket file. Idempotent."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -222,6 +255,14 @@ class ControlServer:
             os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._clients_lock:
+            for conn in self._reading:  # wake clients still waiting for a request line
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            workers = [w for w in self._workers if w is not threading.current_thread()]
+        deadline = time.monotonic() + timeout
+        for worker in workers:  # requests in hand (a `quit` among them) get their answer
+            worker.join(max(0.0, deadline - time.monotonic()))
         if self._listener is not None:  # pragma: no cover
             self._listener.close()
         if self._sock is not None:

@@ -342,6 +342,7 @@ class Controller(MicrophoneWatch, Extras):
                 except Exception:  # noqa: BLE001  (the watchdog itself must never die)
                     log.exception("reopening the microphone failed")
             self._watch_preview()
+            self._watch_vmic()
             with self._lock:
                 seen = (self.error, self._camera_fault(), self._mic_fault, self._extras_problem())
             if seen != last:

@@ -125,6 +125,12 @@ class Extras:
                 self._pipeline.on_frame = self._pipeline.pace = None
         return vmic.close(keep_devices) if vmic is not None else None
 
+    def _watch_vmic(self) -> None:
+        """Watchdog: let the virtual microphone notice a sound server that went away, and come back with it."""
+        vmic = self._vmic
+        if vmic is not None:
+            vmic.check()  # may call pactl and open a stream: outside the controller's lock
+
     def _watch_preview(self) -> None:
         """A preview window the user closed turns the preview off; one that failed says why in the status."""
         sink = self._preview

@@ -2,15 +2,19 @@
 
 On Linux and the BSDs `$XDG_RUNTIME_DIR/avatar-cam/`, or `<cache dir>/run/` when there is no usable runtime dir;
 on macOS platformdirs' user runtime dir. The directory is 0700 and the socket 0600, so only the user can talk
-to the daemon. On Windows the server is a named pipe (`\\\\.\\pipe\\avatar-cam-USER`); named pipes are readable by
+to the daemon. A runtime dir that is not the user's own and private (XDG_RUNTIME_DIR pointed at a folder others
+can write, where another user could plant a symlink) is refused, as is an `avatar-cam` folder that is a symlink:
+nothing is created or chmod-ed through someone else's folder. On Windows the server is a named pipe (`\\\\.\\pipe\\avatar-cam-USER`); named pipes are readable by
 other local users by default, so the pipe also demands an authentication key kept in the user's runtime dir.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import secrets
+import stat
 import sys
 from pathlib import Path
 
@@ -30,22 +34,45 @@ def runtime_dir(create: bool = False) -> Path:
         # Read XDG_RUNTIME_DIR ourselves: newer platformdirs fall back to a shared /tmp path (with a warning).
         xdg = os.environ.get("XDG_RUNTIME_DIR", "")
         usable = xdg and os.path.isabs(xdg) and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK)
+        if usable:
+            _check_private(Path(xdg))
         folder = Path(xdg) / paths.APP if usable else paths.cache_dir() / "run"
     if create:
         _private_dir(folder)
     return folder
 
 
+_FIX = ("set XDG_RUNTIME_DIR to a private directory of your own (mode 0700; normally /run/user/$(id -u)), "
+        "or unset it")
+
+
+def _check_private(xdg: Path) -> None:
+    """XDG_RUNTIME_DIR must be the user's own, with no access for anyone else (as the XDG spec requires)."""
+    st = os.stat(xdg)
+    if st.st_uid != os.getuid():
+        raise AvatarCamError(f"XDG_RUNTIME_DIR ({xdg}) belongs to another user; the control socket cannot be private there",
+                             hint=_FIX)
+    if st.st_mode & 0o077:
+        raise AvatarCamError(
+            f"XDG_RUNTIME_DIR ({xdg}) is open to other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+            "another user could redirect the control socket", hint=_FIX)
+
+
 def _private_dir(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
     if WINDOWS:
         return  # the per-user profile's ACL keeps it private
-    st = folder.stat()
+    st = os.lstat(folder)  # not stat(): a symlink planted there must not lead us to chmod its target
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise AvatarCamError(f"{folder} is not a plain folder (a symlink or a file); the control socket will not be put there",
+                             hint=f"remove {folder}, or {_FIX}")
     if st.st_uid != os.getuid():
         raise AvatarCamError(f"{folder} belongs to another user, so the control socket cannot be made private there",
-                             hint="set XDG_RUNTIME_DIR to a directory of your own")
+                             hint=_FIX)
     if st.st_mode & 0o077:
-        os.chmod(folder, 0o700)
+        os.chmod(folder, 0o700, follow_symlinks=False)
 
 
 def socket_path() -> Path:

@@ -4,7 +4,7 @@ One daemon per user (see instance.py): a second `avatar-cam` asks the first to s
 command that starts it (cli/daemon.py) takes the instance lock and picks the tray; `Daemon` runs it.
 
 Threads: the main thread runs the tray (pystray wants it) or, headless, waits for a quit request and handles
-SIGTERM/SIGINT; "control" serves the control socket; "camera-start" opens the camera at launch so the icon
+SIGTERM/SIGINT/SIGHUP; "control" serves the control socket; "camera-start" opens the camera at launch so the icon
 appears at once; the controller owns the frame thread. Quitting, by any route, closes the socket, then
 releases the camera and microphone, and keeps `camera_on` as the user left it for the next start.
 """
@@ -35,7 +35,7 @@ class TrayLink:
 
     `show`: bring the menu or a notification forward; called on the control thread when a second `avatar-cam`
     starts or `ctl show` is sent. `stop`: make `run_tray` return (e.g. pystray's `icon.stop`); called from any
-    thread on `ctl quit`, SIGTERM or SIGINT. A tray that sets no `stop` is ended by exiting the process.
+    thread on `ctl quit`, SIGTERM, SIGINT or SIGHUP. A tray that sets no `stop` is ended by exiting the process.
     """
 
     show: Callable[[], None] | None = None
@@ -124,7 +124,8 @@ class Daemon:
     def _handle_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        signals = [signal.SIGINT, signal.SIGTERM]
+        # SIGHUP: the terminal of a foreground daemon closed. All three shut down the same clean way.
+        signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
         previous = {s: signal.getsignal(s) for s in signals}
 
         def handler(signum, _frame) -> None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -33,7 +34,8 @@ class Mp4Recorder:
     """H.264 mp4 with the audio muxed in. Frames stream into ffmpeg as they come; audio is added at `close()`.
 
     `audio` is a file to mux, or None to mux what was given to `write_audio` (16 kHz mono, for live recording).
-    The output appears only when complete: it is written under a temporary name and renamed.
+    The output appears only when complete: it is written under a temporary name and renamed by `close()`.
+    `abort()` (an interrupted render) throws the partial video away and leaves an existing output as it was.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float, audio: str | Path | None = None):
@@ -79,9 +81,22 @@ class Mp4Recorder:
         if audio is not None:
             cmd += ["-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
         cmd += ["-c:v", "copy", "-movflags", "+faststart", str(partial)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
-        if done.returncode != 0:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise AvatarCamError(f"muxing {self.path.name} failed: {done.stderr.strip()[-300:]}")
+            os.replace(partial, self.path)
+        finally:  # an interrupt while muxing leaves neither the partial file nor the temporary folder
             partial.unlink(missing_ok=True)
-            raise AvatarCamError(f"muxing {self.path.name} failed: {done.stderr.strip()[-300:]}")
-        os.replace(partial, self.path)
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Stop the encoder and delete everything written so far; the output path is not touched."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stderr):
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        shutil.rmtree(self._tmpdir, ignore_errors=True)

@@ -28,6 +28,10 @@ MIN_BOX = 32  # px: smallest manual face box we accept
 CHIN, PAD = 0.17, 0.05
 BACKGROUND = 128  # transparent pixels become mid grey: a neutral backdrop that neither glows nor reads as a face edge
 HINT_PHOTO = "choose a clear, front-facing photo of one person (JPEG or PNG)"
+# What decoding a photo may cost. JPEGs of any size decode at a reduced scale (draft); other formats decode
+# whole, so an image whose pixels would take more than this is refused before it is decoded (a 657 KB PNG can
+# hold 13000x13000 RGBA pixels: 676 MB).
+MAX_DECODED_BYTES = 256 << 20
 HINT_BOX = f"{HINT_PHOTO}, or {HINT_MANUAL}"
 
 
@@ -96,12 +100,15 @@ def _read_rgb(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int], l
                 s = min(1.0, max_side / max(ow, oh))
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: much faster and smaller for huge photos.
                 im.draft(None, (math.ceil(ow * s), math.ceil(oh * s)))
+                _check_decoded_size(path, im)
                 im.load()
                 try:
                     im = ImageOps.exif_transpose(im)
                 except Exception:  # noqa: BLE001 -- a broken EXIF block should not make good pixels unusable
                     notes.append("could not read the photo's orientation tag; using it as stored")
-                rgb = _to_rgb8(im)
+                rgb = _to_rgb8(_shrink(im, max_side))
+    except PortraitError:
+        raise
     except Image.DecompressionBombError as e:
         raise PortraitError(f"{path} is too large to open safely ({e})", "resize the photo to under 100 megapixels") from None
     except Image.UnidentifiedImageError:
@@ -114,6 +121,33 @@ def _read_rgb(path: Path, max_side: int) -> tuple[np.ndarray, tuple[int, int], l
     if (rgb.shape[1] > rgb.shape[0]) != (ow > oh):  # EXIF rotated by 90 degrees: report upright sizes
         ow, oh = oh, ow
     return rgb, (ow, oh), notes
+
+
+def _check_decoded_size(path: Path, im: Image.Image) -> None:
+    w, h = im.size  # after draft: a JPEG's reduced size
+    per_pixel = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}.get(im.mode, len(im.getbands()))
+    need = w * h * per_pixel
+    if need > MAX_DECODED_BYTES:
+        side = math.isqrt(MAX_DECODED_BYTES // per_pixel)
+        raise PortraitError(
+            f"{path} is {w}x{h} pixels: decoding it would take {need / 1e6:.0f} MB, more than a photo may "
+            f"({MAX_DECODED_BYTES / 1e6:.0f} MB)",
+            f"resize it to under {side}x{side} pixels, or save it as JPEG (JPEGs of any size are read at a reduced scale)",
+        )
+
+
+def _shrink(im: Image.Image, max_side: int) -> Image.Image:
+    """Scale down to max_side on the long side in Pillow, before any conversion: every later copy is small."""
+    w, h = im.size
+    if max(w, h) <= max_side:
+        return im
+    s = max_side / max(w, h)
+    size = (max(1, round(w * s)), max(1, round(h * s)))  # as _fit_side would
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")  # lossless; _to_rgb8 scales 16-bit grey itself
+    elif im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        im = im.convert("RGBA" if im.mode in ("P", "LA", "PA") or "transparency" in im.info else "RGB")
+    return im.resize(size, Image.Resampling.BOX)  # RGBA is premultiplied by Pillow while it resizes
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:
@@ -130,8 +164,13 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
 
 
 def _flatten(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    a = alpha[:, :, None].astype(np.float32) / 255.0
-    return (color * a + BACKGROUND * (1.0 - a) + 0.5).astype(np.uint8)
+    """Over a BACKGROUND grey, in 16-bit integers (a float32 copy of a big photo took gigabytes)."""
+    a = alpha[:, :, None].astype(np.uint16)
+    out = color.astype(np.uint16) * a
+    out += BACKGROUND * (255 - a)  # at most 255 * 255 in all: fits in 16 bits
+    out += 127
+    out //= 255
+    return out.astype(np.uint8)
 
 
 def _manual_box(face_box, orig: tuple[int, int], shape, name: str) -> FaceBox:

@@ -12,8 +12,13 @@ sink, and move it there if it did not: our delayed voice must never play on the 
 
 Windows / macOS: no devices are created; we play into a virtual cable (cables.py).
 
+The sound server going away (crash, `pulseaudio -k`, a restart) takes our modules with it and silences the
+output stream: `check()`, called by the daemon's watchdog, notices that no output callback came for `LOST_S`,
+says so in the status at once ("error: the sound server went away: reconnecting"), and every `RETRY_S` tries
+to create the devices again on the server that is there now and to reopen the stream.
+
 Threads: `start`, `close`, `set_offset_ms` and `status` run on the caller's thread (`close` may run on any
-thread, at exit, or twice). `observe_frame` runs on the pipeline's frame thread. `_callback` runs on
+thread, at exit, or twice); `check` on the watchdog's. `observe_frame` runs on the pipeline's frame thread. `_callback` runs on
 PortAudio's output thread and alone owns the `DelayedPlayout` (it reads the input ring, which is built for that).
 """
 
@@ -34,12 +39,26 @@ from avatar_cam.errors import VirtualMicError
 from avatar_cam.vmic.cables import find_virtual_cable
 from avatar_cam.vmic.delay import MeasuredDelay
 from avatar_cam.vmic.playout import DelayedPlayout
-from avatar_cam.vmic.pulse import DESCRIPTION, RATE, PulseDevices, pulse_env, pulse_output_index
+from avatar_cam.vmic.pulse import (
+    DESCRIPTION,
+    RATE,
+    PulseDevices,
+    our_modules,
+    pulse_env,
+    pulse_output_index,
+    server_defaults,
+)
 
 log = logging.getLogger(__name__)
 
 
 class VirtualMicrophone:
+    LOST_S = 1.0  # no output callback for this long: the sound server is gone
+    OPEN_GRACE_S = 3.0  # a stream opened on a server that just came back may take this long to start
+    RETRY_S = 1.0  # between attempts to come back
+    STALL_S = 5.0  # no callback for this long while the server still holds our devices: reopen the stream
+    GONE = "the sound server went away: reconnecting"
+
     """Plays `ring` (the microphone at 16 kHz), delayed by the frames' measured latency + `offset_ms`, into
     "Avatar Cam Microphone". Use as a context manager, or `start()` ... `close()`.
 
@@ -66,6 +85,8 @@ class VirtualMicrophone:
         self._old_sigterm = None
         self._closed = False
         self._fallback_lead = 0.03  # the stream's reported latency, once it is open
+        self._last_callback = 0.0  # monotonic time of the newest output callback (or of the open, at first)
+        self._retry_at = 0.0
 
     @classmethod
     def for_clock(cls, ring: AudioRing, clock, offset_ms: float = 0.0) -> VirtualMicrophone:
@@ -135,6 +156,7 @@ class VirtualMicrophone:
             except (sd.PortAudioError, ValueError) as e:
                 raise VirtualMicError(f"cannot play into {self.call_app_device!r}: {e}") from None
         self._fallback_lead = float(self._stream.latency)
+        self._last_callback = time.monotonic() + self.OPEN_GRACE_S - self.LOST_S
         if self.devices is not None:
             self.devices.route(tag)
 
@@ -216,6 +238,69 @@ class VirtualMicrophone:
 
             self._old_sigterm = signal.signal(signal.SIGTERM, exit_now)
 
+    def check(self) -> None:
+        """The watchdog's look (every ~0.25 s): notice the sound server going away, and come back with it."""
+        with self._lock:
+            if self._closed or self.devices is None and self._stream is not None:
+                return  # closed, or playing into a cable / a device we did not create
+            now = time.monotonic()
+            if self._stream is not None:
+                silent = now - self._last_callback
+                if silent <= self.LOST_S or self._devices_still_there():
+                    if silent > self.STALL_S:  # the server is there, the stream is stuck: open it again
+                        log.warning("%s: no sound for %.1f s: reopening its stream", DESCRIPTION, silent)
+                        self._close_stream()
+                        self._reopen_or_say_why()
+                    return
+                log.warning("%s: no sound for %.1f s: %s", DESCRIPTION, silent, self.GONE)
+                self.status_text = f"error: {self.GONE}"
+                self._close_stream()
+                self.devices.forget()  # its modules went with the server: never unload those ids on a new one
+                self.devices = None
+                self._retry_at = now
+            if now < self._retry_at:
+                return
+            self._retry_at = now + self.RETRY_S
+            if self.devices is not None:  # the devices are there, a reopen of the stream failed: again
+                self._reopen_or_say_why()
+            else:
+                self._come_back()
+
+    def _devices_still_there(self) -> bool:
+        """Whether the server answers and still holds our modules (a busy machine can delay callbacks too)."""
+        try:
+            loaded = {module_id for module_id, _owner in our_modules()}
+        except VirtualMicError:
+            return False
+        return bool(self.devices.modules) and set(self.devices.modules) <= loaded
+
+    def _reopen_or_say_why(self) -> None:
+        try:
+            with PORTAUDIO_LOCK:
+                self._open(*self._prepare_output())
+        except VirtualMicError as exc:
+            self.status_text = f"error: {str(exc).splitlines()[0]}"
+            self._retry_at = time.monotonic() + self.RETRY_S
+            return
+        self.status_text = "running"
+
+    def _come_back(self) -> None:
+        try:
+            server_defaults()  # is a server there?
+            with PORTAUDIO_LOCK:
+                index, rate, channels = self._prepare_output()
+                self.playout = DelayedPlayout(self.ring, rate, lambda: self.delay.seconds)
+                self._open(index, rate, channels)
+        except VirtualMicError as exc:
+            self._close_stream()
+            if self.devices is not None:
+                self.devices.remove()
+                self.devices = None
+            self.status_text = f"error: {self.GONE} ({str(exc).splitlines()[0][:120]})"
+            return
+        self.status_text = "running"
+        log.info("%s is back", DESCRIPTION)
+
     # --- from other threads ----------------------------------------------------------------------------
     def observe_frame(self, frame, record) -> None:
         """`LivePipeline.on_frame`: every frame's measured latency steers the delay (frame thread)."""
@@ -248,7 +333,7 @@ class VirtualMicrophone:
     # --- PortAudio's output thread ---------------------------------------------------------------------
     def _callback(self, outdata, frames, t, status) -> None:
         try:
-            now = time.monotonic()
+            now = self._last_callback = time.monotonic()
             lead = t.outputBufferDacTime - t.currentTime  # when this block's first sample will play
             if not 0.0 < lead < 1.0:
                 lead = self._fallback_lead

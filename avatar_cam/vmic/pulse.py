@@ -186,6 +186,17 @@ class PulseDevices:
         if modules:
             log.info("removed %r", self.description)
 
+    def forget(self) -> None:
+        """The server that held our modules is gone (and with it the modules): let the janitor go, unload nothing."""
+        self.modules = []
+        janitor, self._janitor = self._janitor, None
+        if janitor is not None:
+            with contextlib.suppress(OSError, ValueError):
+                janitor.stdin.write(b"released\n")
+                janitor.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                janitor.wait(timeout=5)
+
     def route(self, stream_tag: str) -> None:
         """Make sure the playback stream tagged `stream_tag` plays into our sink (move it if it landed elsewhere)."""
         sinks = dict(line.split("\t")[:2][::-1] for line in pactl("list", "short", "sinks").splitlines() if "\t" in line)

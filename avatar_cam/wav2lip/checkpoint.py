@@ -2,12 +2,17 @@
 
 No official checksum exists for the published files, so a file is accepted when it holds exactly the
 generator's keys with the right shapes and nothing but numbers; its SHA-256 is recorded by the model store.
+
+Names and shapes are checked before any tensor data is read, and only the generator's weights are read (not
+the optimizer state the published files also carry). What a file may declare is bounded by the layout
+(`BUDGET`): reading any file costs at most about what a genuine one does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +21,18 @@ import numpy as np
 from avatar_cam.errors import CheckpointError
 from avatar_cam.wav2lip import torch_archive
 from avatar_cam.wav2lip.arch import expected_keys
+from avatar_cam.wav2lip.torch_tensors import Budget, LazyTensor
 
 log = logging.getLogger(__name__)
+
+# 36,320,837 numbers: 145 MB as float32. The published files also hold Adam's two moments for each of them
+# (about 436 MB in all). A file may declare up to 4x the float32 weights, and we read at most the weights as
+# float64 (2x), plus a little for the num_batches_tracked counters.
+LAYOUT_NUMBERS = sum(math.prod(shape) for shape in expected_keys().values())
+_MB = 1 << 20
+BUDGET = Budget(max_declared_bytes=4 * 4 * LAYOUT_NUMBERS + 16 * _MB, max_read_bytes=8 * LAYOUT_NUMBERS + 16 * _MB)
+# The largest file `models fetch` accepts: what BUDGET lets a file declare, plus its pickle.
+MAX_FILE_BYTES = BUDGET.max_declared_bytes + BUDGET.pickle.max_bytes
 
 CHECKPOINT_HINT = "get a genuine wav2lip.pth or wav2lip_gan.pth (avatar-cam models fetch) or import one (avatar-cam models import PATH)"
 
@@ -45,10 +60,17 @@ def _strip_prefix(sd: dict) -> dict:
     return dict(sd)
 
 
-def validate_state_dict(sd: dict, name: str = "checkpoint") -> dict[str, np.ndarray]:
+def _shown(key: object) -> str:
+    """A key from the file, for a message: any type, any length (the file chose it)."""
+    text = key if isinstance(key, str) else f"a {type(key).__name__}"
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
+
+
+def validate_state_dict(sd: dict, name: str = "checkpoint", archive: torch_archive.Archive | None = None) -> dict[str, np.ndarray]:
     """Check every key and shape against the published generator; return float32 weights.
 
-    `num_batches_tracked` counters are not needed at inference, so a copy without them is accepted.
+    Values are numpy arrays, or `LazyTensor`s of `archive`, whose data is read only once every name and shape
+    checked. `num_batches_tracked` counters are not needed at inference, so a copy without them is accepted.
     """
     sd = _strip_prefix(sd)
     expected = expected_keys()
@@ -57,7 +79,7 @@ def validate_state_dict(sd: dict, name: str = "checkpoint") -> dict[str, np.ndar
     if unexpected and len(unexpected) >= len(expected) // 2:
         raise CheckpointError(
             f"{name} is not a Wav2Lip generator: {len(unexpected)} of its {len(sd)} keys are unknown "
-            f"(for example {unexpected[0]!r}); it may be a SyncNet, a discriminator or another model",
+            f"(for example {_shown(unexpected[0])}); it may be a SyncNet, a discriminator or another model",
             hint=CHECKPOINT_HINT,
         )
     if missing:
@@ -65,13 +87,13 @@ def validate_state_dict(sd: dict, name: str = "checkpoint") -> dict[str, np.ndar
             f"{name} is missing {len(missing)} of the generator's weights, for example {missing[0]!r}", hint=CHECKPOINT_HINT
         )
     if unexpected:
-        raise CheckpointError(f"{name} has keys the Wav2Lip generator does not: {', '.join(unexpected[:3])}", hint=CHECKPOINT_HINT)
-    weights: dict[str, np.ndarray] = {}
+        raise CheckpointError(f"{name} has keys the Wav2Lip generator does not: {', '.join(_shown(k) for k in unexpected[:3])}", hint=CHECKPOINT_HINT)
+    needed = {}
     for key, shape in expected.items():
         if key not in sd:
             continue
         value = sd[key]
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, (np.ndarray, LazyTensor)):
             raise CheckpointError(f"{name}: {key!r} is a {type(value).__name__}, not a tensor", hint=CHECKPOINT_HINT)
         if tuple(value.shape) != shape and not (shape == () and value.shape == (1,)):
             raise CheckpointError(
@@ -83,7 +105,16 @@ def validate_state_dict(sd: dict, name: str = "checkpoint") -> dict[str, np.ndar
             continue
         if not np.issubdtype(value.dtype, np.floating):
             raise CheckpointError(f"{name}: {key!r} holds {value.dtype} values, expected floating point", hint=CHECKPOINT_HINT)
-        weights[key] = value.astype(np.float32, copy=False)
+        needed[key] = value
+    lazy = [v for v in needed.values() if isinstance(v, LazyTensor)]
+    if lazy:
+        if archive is None:
+            raise TypeError("lazy tensors need the archive they came from")
+        archive.read(lazy)
+    weights: dict[str, np.ndarray] = {}
+    for key, value in needed.items():
+        array = value.array() if isinstance(value, LazyTensor) else value
+        weights[key] = array.reshape(expected[key]).astype(np.float32, copy=False)
         if not np.isfinite(weights[key]).all():
             raise CheckpointError(f"{name}: {key!r} contains NaN or infinite values; the file is damaged", hint=CHECKPOINT_HINT)
     return weights
@@ -94,9 +125,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}", hint=CHECKPOINT_HINT)
-    obj = torch_archive.load(path)
-    sd = _find_state_dict(obj, path.name)
-    weights = validate_state_dict(sd, path.name)
+    with torch_archive.open_archive(path, BUDGET) as archive:
+        obj = archive.root
+        sd = _find_state_dict(obj, path.name)
+        weights = validate_state_dict(sd, path.name, archive)
     step = obj.get("global_step") if isinstance(obj, dict) else None
     return Checkpoint(weights, step if isinstance(step, int) else None)
 

@@ -96,13 +96,17 @@ def download(
     validate: Callable[[Path], None] | None = None,
     timeout: float = 20.0,
     progress: bool = True,
+    max_size: int | None = None,
+    install: Callable[[Path, str], None] | None = None,
 ) -> str:
     """Fetch `dest` from the first URL that delivers a valid file; return that URL.
 
     `validate(path)` raises (an AvatarCamError or ValueError) when the file is not what was asked for; the
     file is then deleted and the next URL tried. `timeout` applies to connecting and to each read, not to
     the whole transfer. `progress` prints one line per source tried and a progress bar (the bar only when
-    stderr is a terminal). Raises DownloadError when no URL works.
+    stderr is a terminal). `max_size` bounds what a source may send, whether or not it says how much.
+    `install(part, url)` moves the valid part onto dest (default: a rename); it may raise an AvatarCamError,
+    which leaves the part to be installed by the next run. Raises DownloadError when no URL works.
     """
     urls = list(urls)
     dest = Path(dest)
@@ -119,8 +123,8 @@ def download(
         try:
             if not _allowed_url(url):
                 raise _SourceFailed("refused: only https:// addresses are allowed", REFUSED)
-            _fetch_with_resume(url, part, expected_size=expected_size, timeout=timeout, progress=progress)
-            _install(part, dest, expected_size=expected_size, validate=validate)
+            _fetch_with_resume(url, part, expected_size=expected_size, max_size=max_size, timeout=timeout, progress=progress)
+            _install(part, dest, url, expected_size=expected_size, validate=validate, install=install)
             return url
         except _SourceFailed as failure:
             failures.append((url, failure))
@@ -128,11 +132,12 @@ def download(
     raise _all_failed(dest.name, failures, timeout)
 
 
-def _fetch_with_resume(url: str, part: Path, *, expected_size: int | None, timeout: float, progress: bool) -> None:
+def _fetch_with_resume(url: str, part: Path, *, expected_size: int | None, max_size: int | None, timeout: float,
+                       progress: bool) -> None:
     resumes = 0
     while True:
         try:
-            _transfer(url, part, expected_size=expected_size, timeout=timeout, progress=progress)
+            _transfer(url, part, expected_size=expected_size, max_size=max_size, timeout=timeout, progress=progress)
             return
         except _SourceFailed as failure:
             if not (failure.retry and resumes < RESUME_ATTEMPTS):
@@ -141,7 +146,7 @@ def _fetch_with_resume(url: str, part: Path, *, expected_size: int | None, timeo
             _say(progress, f"  {failure.reason}; resuming")
 
 
-def _transfer(url: str, part: Path, *, expected_size: int | None, timeout: float, progress: bool) -> None:
+def _transfer(url: str, part: Path, *, expected_size: int | None, max_size: int | None, timeout: float, progress: bool) -> None:
     """Bring `part` to the complete file from `url`, resuming it if it came from this URL. Raises _SourceFailed."""
     offset, validator = _resumable_offset(part, url)
     resp = _open(url, offset, validator, timeout)
@@ -151,7 +156,9 @@ def _transfer(url: str, part: Path, *, expected_size: int | None, timeout: float
         offset, total = _check_response(resp, offset, part)
         if expected_size is not None and total is not None and total != expected_size:
             raise _SourceFailed(f"the server offers {total:,} bytes, but {expected_size:,} are expected", CONTENT)
-        received = _stream(resp, part, url, offset, total, timeout, progress)
+        if max_size is not None and total is not None and total > max_size:
+            raise _SourceFailed(_too_big(total, max_size), CONTENT)
+        received = _stream(resp, part, url, offset, total, timeout, progress, max_size)
     if total is not None and received < total:
         raise _SourceFailed(
             f"the connection closed after {_size_text(received)} of {_size_text(total)}", CUT, retry=received > offset
@@ -246,7 +253,12 @@ def _content_range(value: str | None) -> tuple[int | None, int | None, int | Non
         return None, None, None
 
 
-def _stream(resp, part: Path, url: str, offset: int, total: int | None, timeout: float, progress: bool) -> int:
+def _too_big(size: int, max_size: int) -> str:
+    return f"the server sends {_size_text(size)} or more, but the file cannot be over {_size_text(max_size)}"
+
+
+def _stream(resp, part: Path, url: str, offset: int, total: int | None, timeout: float, progress: bool,
+            max_size: int | None) -> int:
     """Append the body to `part`, or replace the part when offset is 0. Returns the part's size afterwards.
 
     The part is opened only once the first bytes are in and are not a web page, so a source that fails
@@ -279,6 +291,11 @@ def _stream(resp, part: Path, url: str, offset: int, total: int | None, timeout:
                 raise DownloadError(f"cannot write {part}: {exc.strerror}", hint="free some disk space and run the command again") from None
             received += len(chunk)
             bar.update(len(chunk))
+            if max_size is not None and received > max_size:  # a server that sent no length, or lied about it
+                f.close()
+                f = None
+                _discard(part)
+                raise _SourceFailed(_too_big(received, max_size), CONTENT)
         if f is None and offset == 0:
             raise _SourceFailed("the server sent an empty file", CONTENT)
         if f is not None:
@@ -306,8 +323,10 @@ def _open_part(part: Path, url: str, headers, offset: int):
     return f
 
 
-def _install(part: Path, dest: Path, *, expected_size: int | None, validate: Callable[[Path], None] | None) -> None:
-    """Check the complete part and move it onto dest; a part that fails is deleted (it cannot be resumed into a valid file)."""
+def _install(part: Path, dest: Path, url: str, *, expected_size: int | None, validate: Callable[[Path], None] | None,
+             install: Callable[[Path, str], None] | None) -> None:
+    """Check the complete part and move it onto dest; a part that fails is deleted (it cannot be resumed into a
+    valid file), whatever the error: a part the validator cannot handle must not fail every later run too."""
     size = part.stat().st_size
     if expected_size is not None and size != expected_size:
         _discard(part)
@@ -318,7 +337,13 @@ def _install(part: Path, dest: Path, *, expected_size: int | None, validate: Cal
         except (AvatarCamError, ValueError) as exc:
             _discard(part)
             raise _SourceFailed(f"the file arrived but is not valid: {exc.args[0] if exc.args else exc}", CONTENT) from None
-    os.replace(part, dest)
+        except Exception:  # a crash of the validator: the part would crash the next run too (Ctrl-C keeps it)
+            _discard(part)
+            raise
+    if install is None:
+        os.replace(part, dest)
+    else:
+        install(part, url)
     _discard(part)  # the source record
 
 

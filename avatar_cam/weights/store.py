@@ -29,7 +29,7 @@ from pathlib import Path
 
 from avatar_cam import paths
 from avatar_cam.errors import AvatarCamError, CheckpointError, ModelNotInstalledError
-from avatar_cam.wav2lip.checkpoint import sha256_of, validate_checkpoint
+from avatar_cam.wav2lip.checkpoint import MAX_FILE_BYTES, sha256_of, validate_checkpoint
 from avatar_cam.weights.download import download
 
 if sys.version_info >= (3, 11):
@@ -227,19 +227,45 @@ def _describe(name: str, path: Path, a: Asset | None) -> InstalledModel:
 
 
 def _record(name: str, path: Path, *, source: str, engine: str, sha256: str | None = None) -> InstalledModel:
-    """Write `<name>.json` beside a file that has just been validated and put in place."""
-    st = path.stat()
-    sha256 = sha256 or sha256_of(path)
+    """Write `<name>.json` beside a file that is already in place (re-importing the installed file)."""
+    model, data = _describe_new(name, path, path, source=source, engine=engine, sha256=sha256)
+    _write_json(_record_path(name), data)
+    return model
+
+
+def _describe_new(name: str, staged: Path, dest: Path, *, source: str, engine: str, sha256: str | None):
+    st = staged.stat()  # a rename keeps size and mtime: this describes `dest` once `staged` is moved there
+    sha256 = sha256 or sha256_of(staged)
     when = _now()
     a = manifest().get(name)
-    _write_json(
-        _record_path(name),
-        {
-            "name": name, "file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
-            "source": source, "installed_at": when, "engine": engine, "license": a.license if a else None,
-        },
-    )
-    return InstalledModel(name, path, st.st_size, sha256, source, when, engine, a is not None)
+    data = {
+        "name": name, "file": dest.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
+        "source": source, "installed_at": when, "engine": engine, "license": a.license if a else None,
+    }
+    return InstalledModel(name, dest, st.st_size, sha256, source, when, engine, a is not None), data
+
+
+def _install(staged: Path, dest: Path, name: str, *, source: str, engine: str, sha256: str | None = None) -> InstalledModel:
+    """Put a validated file and its record in place as one step.
+
+    The record is written first, under a temporary name, so a full disk stops the install before anything
+    moved; then two renames in the same folder, which need no space. `staged` is left where it was on failure.
+    """
+    model, data = _describe_new(name, staged, dest, source=source, engine=engine, sha256=sha256)
+    record = _record_path(name)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    try:
+        _write_synced(tmp, json.dumps(data, indent=2) + "\n")
+        os.replace(staged, dest)
+        os.replace(tmp, record)
+    except OSError as exc:
+        raise AvatarCamError(
+            f"cannot install {dest.name} in {dest.parent}: {exc.strerror or exc}; nothing was installed",
+            hint="free some disk space and run the command again",
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return model
 
 
 # --- getting a model ------------------------------------------------------------------------------------
@@ -264,11 +290,16 @@ def fetch(
             hint=f"read {a.license_notice}, then run: avatar-cam models fetch {a.name} --accept-license",
         )
     override = [u.strip() for u in os.environ.get(URLS_ENV, "").split(",") if u.strip()]
-    url = download(
+    installed_model: list[InstalledModel] = []
+
+    def install(part: Path, url: str) -> None:
+        installed_model.append(_install(part, a.path, a.name, source=url, engine=a.engine))
+
+    download(
         override or a.urls, a.path, expected_size=None if override else a.size, validate=validate_checkpoint,
-        timeout=timeout, progress=progress,
+        timeout=timeout, progress=progress, max_size=MAX_FILE_BYTES, install=install,
     )
-    return _record(a.name, a.path, source=url, engine=a.engine)
+    return installed_model[0]
 
 
 def infer_name(path: Path) -> str:
@@ -310,13 +341,16 @@ def import_checkpoint(path: str | Path, name: str | None = None) -> InstalledMod
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        sha256 = _copy_hashing(src, tmp)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise AvatarCamError(f"cannot copy {src} to {dest}: {exc.strerror or exc}", hint="check the free disk space") from None
+        try:
+            sha256 = _copy_hashing(src, tmp)
+        except OSError as exc:
+            raise AvatarCamError(
+                f"cannot copy {src} to {dest.parent}: {exc.strerror or exc}; nothing was installed",
+                hint="free some disk space and run the command again",
+            ) from None
+        return _install(tmp, dest, name, source=f"imported from {src.resolve()}", engine=engine, sha256=sha256)
     finally:
         tmp.unlink(missing_ok=True)
-    return _record(name, dest, source=f"imported from {src.resolve()}", engine=engine, sha256=sha256)
 
 
 def _copy_hashing(src: Path, dest: Path, chunk: int = 1 << 20) -> str:
@@ -335,6 +369,13 @@ def _copy_hashing(src: Path, dest: Path, chunk: int = 1 << 20) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _write_json(path: Path, data: dict) -> None:
