@@ -29,6 +29,7 @@ from avatar_cam.wav2lip.engine import Wav2LipEngine
 
 SIZE = OutputFormat(640, 360)
 FPS = 30.0
+DELAY = 0.26  # the voice's delay in the paced test
 
 
 class SlowWav2Lip(Wav2LipLipSync):
@@ -121,18 +122,21 @@ def test_a_slow_engine_never_costs_a_camera_frame(engine, astronaut_png, talking
 
 def test_with_the_voice_paced_each_frame_leaves_with_the_voice_it_shows(engine, astronaut_png, talking):
     """Avatar Cam Microphone paces frames (`LivePipeline.pace`: when the voice at an audio time plays); here the
-    voice plays 0.3 s after it was heard, as the virtual microphone would set it. With a slow engine each frame still
-    leaves when its voice plays."""
+    voice plays 0.26 s after it was heard (longer than a frame's audio and mouth take, as the measured delay is).
+    With a slow engine each frame still leaves when its voice plays."""
     lipsync = SlowWav2Lip(engine, slow_s=0.06)
 
     def pace(ring):
-        return lambda audio_time: ring.arrival_time(round(audio_time * SAMPLE_RATE)) + 0.3
+        return lambda audio_time: ring.arrival_time(round(audio_time * SAMPLE_RATE)) + DELAY
 
     pipe, cam, clock = run_live(lipsync, astronaut_png, talking[: 8 * SAMPLE_RATE], 7.0, pace=pace)
     live = [r for r in pipe.stats.records if r.index >= 0 and r.heard is not None]
     assert len(live) > 150
-    off = np.array([r.emitted - (r.heard + 0.3) for r in live])
-    assert np.percentile(np.abs(off), 50) < 0.01 and np.percentile(np.abs(off), 95) < 0.03, \
+    due = np.array([r.heard + DELAY for r in live])
+    on_time = np.array([r.drawn < d for r, d in zip(live, due, strict=True)])  # (a loaded machine draws some late)
+    assert on_time.mean() > 0.8
+    off = np.array([r.emitted for r in live])[on_time] - due[on_time]
+    assert np.percentile(np.abs(off), 50) < 0.005 and np.percentile(np.abs(off), 95) < 0.02, \
         np.percentile(np.abs(off), [50, 95, 100])
     assert [r.index for r in live] == sorted(r.index for r in live)
     assert any(r.inferred for r in live)
