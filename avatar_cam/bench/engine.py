@@ -48,9 +48,11 @@ def _time_per_frame(infer, batch: int, seconds: float) -> float:
 _PROBE = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
+from avatar_cam.wav2lip.arch import MOUTH_FIRST_ROW
+from avatar_cam.wav2lip.engine import Wav2LipEngine
 import numpy as np
-e = Wav2LipLipSync.from_checkpoint(sys.argv[1], device=sys.argv[2], precision="f32", cache_dir=sys.argv[3]).engine
+e = Wav2LipEngine.from_checkpoint(sys.argv[1], device=sys.argv[2], precision="f32", cache_dir=sys.argv[3],
+                                  first_row=MOUTH_FIRST_ROW)  # what the live camera loads
 t1 = time.perf_counter()
 e.infer(np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32))
 t2 = time.perf_counter()
