@@ -25,12 +25,12 @@ class Performance:
 
 MODES: dict[str, Performance] = {mode.name: mode for mode in (
     Performance("smooth", "Smooth", None, 2, 1.2, 0,
-                "lips at the camera's rate (30 Hz at 30 fps); the most CPU (about one core while you talk)"),
+                "lips up to the camera's rate; the most CPU (about 1.3 cores while you talk, two inference threads)"),
     Performance("balanced", "Balanced", 25.0, 1, 0.65, 5,
-                "lips at 25 Hz, the rate Wav2Lip was trained at; about two thirds of a core while you talk, "
-                "and it gives way to the call app when the machine is busy"),
+                "lips up to 25 Hz, the rate Wav2Lip was trained at, with inference capped at ~0.65 of a core; it "
+                "gives way to the call app when the machine is busy"),
     Performance("light", "Light", 12.5, 1, 0.35, 10,
-                "lips at 12.5 Hz; about a third of a core, for slow or busy machines"),
+                "lips up to 12.5 Hz, inference capped at ~0.35 of a core, for slow or busy machines"),
 )}
 DEFAULT = "balanced"
 assert tuple(MODES) == PERFORMANCE_MODES, "settings.py lists the modes users may choose"
