@@ -9,10 +9,8 @@ but do not fail the run: the camera works without them (`run --no-tray`, the Lit
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
-import json
 import os
 import platform
 import plistlib
@@ -20,10 +18,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from avatar_cam import paths
 
 # Roots of the Linux system files the checks read (tests point them at a fake tree).
 SYS = Path("/sys")
@@ -249,7 +247,7 @@ def _listed(module: str, modules_load: str) -> bool:
 
 def check_tray():
     """The daemon's own verdict (tray.tray_available, which picks the backend the daemon will use), explained."""
-    from . import tray
+    from avatar_cam.tray import backends as tray
 
     system = _system()
     works, backend = tray.tray_available()
@@ -303,7 +301,7 @@ def _short(version: str) -> str:
 
 
 def check_models():
-    from . import model_store
+    from avatar_cam.weights import store as model_store
 
     models = model_store.installed()
     if not models:
@@ -340,7 +338,7 @@ def check_virtual_microphone():
 
 
 def check_autostart():
-    from . import autostart
+    from avatar_cam.tray import autostart
 
     path = autostart.entry_path()
     if not autostart.is_enabled():
@@ -398,38 +396,3 @@ def run_checks() -> list[Check]:
             ok, detail, fix = False, f"the check itself failed: {type(exc).__name__}: {exc}", None
         results.append(Check(name, bool(ok), detail, fix, essential))
     return results
-
-
-# --- the command ------------------------------------------------------------------------------------------
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("doctor", help="check this machine and say exactly how to fix what is missing",
-                              description="Check Python, audio, the virtual camera, the tray, OpenVINO, models, the "
-                              "virtual microphone and folders; print each as ok or with the command that fixes it. "
-                              "Exit status 1 if something essential is missing.")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(func=cmd_doctor)
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    checks = run_checks()
-    healthy = all(c.ok for c in checks if c.essential)
-    if args.json:
-        print(json.dumps({"ok": healthy, "checks": [asdict(c) for c in checks]}, indent=2))
-        return 0 if healthy else 1
-    width = max(len(c.name) for c in checks)
-    for c in checks:
-        mark = "ok" if c.ok else "!!"
-        note = "" if c.ok or c.essential else " (optional)"
-        print(f"{mark}  {c.name.ljust(width)}  {c.detail}{note}")
-        if not c.ok and c.fix:
-            print(f"    {' ' * width}  fix: {c.fix}")
-    failed = [c for c in checks if not c.ok and c.essential]
-    optional = [c for c in checks if not c.ok and not c.essential]
-    if failed:
-        print(f"\n{len(failed)} essential problem(s): {', '.join(c.name for c in failed)}. Fix them and run "
-              "`avatar-cam doctor` again.")
-    else:
-        print("\nEverything essential is in place." + (f" {len(optional)} optional item(s) above." if optional else ""))
-    return 0 if healthy else 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tomli_w
 
-from . import paths
+from avatar_cam import paths
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from avatar_cam.checkpoint import write_checkpoint
-from avatar_cam.wav2lip_arch import random_state_dict
+from avatar_cam.wav2lip.arch import random_state_dict
+from avatar_cam.wav2lip.checkpoint import write_checkpoint
 
 # One real PulseAudio server per test session, for the tests that name the `pulse_server` fixture.
 pytest_plugins = ["pulse"]
@@ -82,6 +82,6 @@ def astronaut_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def installed_random_model(random_checkpoint: Path, user_dirs: Path) -> Path:
     """The seeded random checkpoint imported into this test's model store, as a user would with `models import`."""
-    from avatar_cam.model_store import import_checkpoint
+    from avatar_cam.weights.store import import_checkpoint
 
     return import_checkpoint(random_checkpoint, name="wav2lip_gan").path

@@ -21,6 +21,10 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
 
+# The house's rules before the tests: lint, and imports that flow one way (.importlinter). A violation fails.
+.venv/bin/ruff check avatar_cam tests
+.venv/bin/lint-imports --no-cache
+
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

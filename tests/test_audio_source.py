@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
+from helpers import eventually
 
-from avatar_cam.audio_source import (
+from avatar_cam.audio.sources import (
     SAMPLE_RATE,
     AudioError,
     AudioRing,
@@ -369,15 +370,6 @@ def test_unknown_device_names_it_and_lists_the_real_ones(pulse_server):
     assert sum(d["is_default"] for d in list_input_devices()) == 1
 
 
-def wait_until(condition, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_stop_releases_the_device(pulse_server):
     idle = pulse_server.count_source_outputs()
     ring = AudioRing()
@@ -386,12 +378,12 @@ def test_stop_releases_the_device(pulse_server):
         mic.start()
         mic.start()  # already running: no second stream
         assert mic.status == "running"
-        assert wait_until(lambda: pulse_server.count_source_outputs() == idle + 1)
+        assert eventually(lambda: pulse_server.count_source_outputs() == idle + 1)
         before = ring.total
         assert ring.wait_for(before + 1600, timeout=3), f"cycle {cycle}: no audio"
         mic.stop()
         assert mic.status == "stopped"
-        assert wait_until(lambda: pulse_server.count_source_outputs() == idle), "the stream still holds the source"
+        assert eventually(lambda: pulse_server.count_source_outputs() == idle), "the stream still holds the source"
         mic.stop()  # idempotent
     assert mic.status == "stopped"
 
@@ -426,7 +418,7 @@ def test_callback_errors_are_recorded_not_raised(pulse_server):
     mic = MicrophoneSource(BrokenRing(), device="pulse")
     mic.start()
     try:
-        assert wait_until(lambda: mic.status.startswith("error"))
+        assert eventually(lambda: mic.status.startswith("error"))
         assert "disk full" in mic.status
     finally:
         mic.stop()

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import avatar_cam
-from avatar_cam import autostart
+from avatar_cam.tray import autostart
 
 
 def exec_of(entry: Path) -> list[str]:

@@ -13,8 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from avatar_cam.audio_source import AudioRing
-from avatar_cam.av_sync import DelayedPlayout, DriftCorrector, InputClock, MeasuredDelay, sinc_interpolate
+from avatar_cam.audio.ring import AudioRing
+from avatar_cam.vmic.delay import MeasuredDelay
+from avatar_cam.vmic.drift import DriftCorrector, InputClock
+from avatar_cam.vmic.playout import DelayedPlayout, sinc_interpolate
 
 OUT_RATE = 48000
 
@@ -211,7 +213,7 @@ def test_the_sync_report_is_not_fooled_by_a_looped_sentence(speech_16k):
     """`bench av-sync` loops one sentence for minutes, and its voice correlates with itself a loop later. The
     report must find the delay the voice really had even when the recording stopped before the last words
     left (it once reported the voice 19 s early), and call frames sent with their voice in sync."""
-    from avatar_cam.av_sync import sync_report
+    from avatar_cam.bench.sync_analysis import sync_report
 
     loop = np.concatenate([speech_16k, np.zeros(16000, np.float32)])
     x = np.concatenate([np.zeros(3 * 16000, np.float32), np.tile(loop, 12)])

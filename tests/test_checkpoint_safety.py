@@ -14,10 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avatar_cam import torch_archive
-from avatar_cam.checkpoint import load_checkpoint, write_checkpoint
 from avatar_cam.errors import CheckpointError
-from avatar_cam.wav2lip_arch import expected_keys, random_state_dict
+from avatar_cam.wav2lip import torch_archive
+from avatar_cam.wav2lip.arch import expected_keys, random_state_dict
+from avatar_cam.wav2lip.checkpoint import load_checkpoint, write_checkpoint
 
 
 class _CreatesFile:

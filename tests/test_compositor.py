@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar_cam.compositor import Compositor, OutputFormat, lower_face_mask
-from avatar_cam.portrait import Portrait
-from avatar_cam.wav2lip_arch import MOUTH_FIRST_ROW
+from avatar_cam.video.compositor import Compositor, OutputFormat, lower_face_mask
+from avatar_cam.video.portrait import Portrait
+from avatar_cam.wav2lip.arch import MOUTH_FIRST_ROW
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import cv2
 import pytest
-from helpers import run_cli
-from test_daemon import DaemonProcess, short_runtime_dir
+from helpers import DaemonProcess, run_cli, short_runtime_dir
 
-from avatar_cam import control
-from avatar_cam.errors import AvatarCamError
+from avatar_cam.daemon import control_client, control_server, instance
+from avatar_cam.daemon.runtime_dir import lock_path, socket_path
+from avatar_cam.daemon.runtime_dir import runtime_dir as runtime_folder
+from avatar_cam.errors import AvatarCamError, NotRunningError
 from avatar_cam.settings import Settings
 
 STATUS_KEYS = {"state", "photo", "mic", "engine", "fps", "latency_ms_p95"}
@@ -106,7 +107,7 @@ def test_status_json_has_the_fields(live, astronaut_png):
 
 
 def test_status_lines_for_the_virtual_microphone():
-    from avatar_cam.ctl_cli import virtual_mic_line
+    from avatar_cam.cli.ctl import virtual_mic_line
 
     assert virtual_mic_line(None) == "off"
     assert virtual_mic_line({"state": "running", "device": "Avatar Cam Microphone", "delay_ms": 212.4}) == \
@@ -115,12 +116,12 @@ def test_status_lines_for_the_virtual_microphone():
 
 
 def test_control_socket_is_private(live):
-    sock = control.socket_path()
+    sock = socket_path()
     assert sock.parent == Path(os.environ["XDG_RUNTIME_DIR"]) / "avatar-cam"
     st = sock.lstat()
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.getuid()
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
-    assert stat.S_IMODE(control.lock_path().stat().st_mode) == 0o600
+    assert stat.S_IMODE(lock_path().stat().st_mode) == 0o600
 
 
 def test_pause_resume_stop_start_change_the_status(live):
@@ -188,7 +189,7 @@ def test_mic_switch_and_a_missing_mic(live):
 def raw_exchange(payload: bytes, timeout: float = 30.0) -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
-        s.connect(str(control.socket_path()))
+        s.connect(str(socket_path()))
         s.sendall(payload)
         data = b""
         while not data.endswith(b"\n"):
@@ -222,25 +223,25 @@ def test_garbage_and_huge_requests_get_an_error_and_the_daemon_carries_on(live, 
 def test_clients_that_hang_up_do_not_disturb_the_daemon(live):
     for payload in (b"", b'{"cmd": "sta'):  # connect and leave; half a request and leave
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(control.socket_path()))
+            s.connect(str(socket_path()))
             s.sendall(payload)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # ask, then leave before the answer
-        s.connect(str(control.socket_path()))
+        s.connect(str(socket_path()))
         s.sendall(b'{"cmd": "status"}\n')
     assert ctl("status", "--json").stdout
     assert live.status()["state"] in RUNNING
 
 
 def test_sigterm_releases_the_camera_and_removes_the_socket(live):
-    sock = control.socket_path()
+    sock = socket_path()
     closes = len(camera_closes(live))
     assert live.signal_and_wait(signal.SIGTERM) == 0, live.describe()
     assert not sock.exists()
     assert len(camera_closes(live)) == closes + 1 and camera_closes(live)[-1] > 5
     assert "Traceback" not in live.stderr
     assert Settings.load(live.settings_file).camera_on is True  # the next start opens the camera again
-    with pytest.raises(control.NotRunningError):
-        control.send("status")
+    with pytest.raises(NotRunningError):
+        control_client.send("status")
 
 
 # --- the server in this process, with real sockets -------------------------------------------------
@@ -269,9 +270,9 @@ class FakeController:
 def fake_server(runtime_dir):
     fake = FakeController()
     events: list[str] = []
-    server = control.ControlServer(control.controller_handler(fake, lambda: events.append("show"),
+    server = control_server.ControlServer(control_server.controller_handler(fake, lambda: events.append("show"),
                                                               lambda: events.append("quit")))
-    lock = control.InstanceLock()
+    lock = instance.InstanceLock()
     assert lock.acquire()
     server.start()
     yield server, fake, events
@@ -283,26 +284,26 @@ def test_every_command_reaches_the_controller(fake_server):
     server, fake, events = fake_server
     for cmd, arg in (("status", None), ("start", None), ("stop", None), ("pause", None), ("resume", None),
                      ("photo", "/p/me.png"), ("mic", "USB"), ("mic", None), ("show", None), ("quit", None)):
-        assert control.send(cmd, arg) == {"ok": True, "status": {"state": "stopped"}}
+        assert control_client.send(cmd, arg) == {"ok": True, "status": {"state": "stopped"}}
     calls = [c for c in fake.calls if c[0] != "status"]
     assert calls == [("start",), ("stop",), ("pause",), ("resume",), ("set_photo", "/p/me.png"), ("set_mic", "USB"),
                      ("set_mic", None)]
     assert events == ["show", "quit"]
     with pytest.raises(AvatarCamError, match="bad.png is not an image") as err:
-        control.send("photo", "/p/bad.png")
+        control_client.send("photo", "/p/bad.png")
     assert err.value.hint == "pick another"
     with pytest.raises(AvatarCamError, match="mic failed: RuntimeError: a bug"):  # a bug answers, not kills
-        control.send("mic", "boom")
-    assert control.send("status")["ok"]
+        control_client.send("mic", "boom")
+    assert control_client.send("status")["ok"]
 
 
 def test_a_silent_client_is_cut_off_and_the_next_one_served(fake_server, monkeypatch):
-    monkeypatch.setattr(control, "CLIENT_DEADLINE_S", 0.5)
+    monkeypatch.setattr(control_server, "CLIENT_DEADLINE_S", 0.5)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
-        silent.connect(str(control.socket_path()))
+        silent.connect(str(socket_path()))
         t0 = time.monotonic()
         answered = []
-        asker = threading.Thread(target=lambda: answered.append(control.send("status", timeout=30)))
+        asker = threading.Thread(target=lambda: answered.append(control_client.send("status", timeout=30)))
         asker.start()
         silent.settimeout(30)
         reply = json.loads(silent.makefile("rb").readline())
@@ -314,38 +315,38 @@ def test_a_silent_client_is_cut_off_and_the_next_one_served(fake_server, monkeyp
 
 def test_second_claim_in_the_same_process_asks_the_server_to_show(fake_server):
     _, _, events = fake_server
-    assert control.claim_instance(wait_s=5) is None
+    assert instance.claim_instance(wait_s=5) is None
     assert events == ["show"]
 
 
 def test_socket_removed_on_close_and_stale_one_replaced(runtime_dir):
-    lock = control.InstanceLock()
+    lock = instance.InstanceLock()
     assert lock.acquire()
     try:
-        path = control.socket_path()
+        path = socket_path()
         path.parent.chmod(0o755)  # a loose directory is tightened
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(path))  # bound, never listening: like the file a killed daemon leaves
         stale.close()
-        server = control.ControlServer(lambda cmd, arg: {"ok": True, "status": {"cmd": cmd}}).start()
+        server = control_server.ControlServer(lambda cmd, arg: {"ok": True, "status": {"cmd": cmd}}).start()
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-        assert control.send("status")["status"] == {"cmd": "status"}
+        assert control_client.send("status")["status"] == {"cmd": "status"}
         server.close()
         assert not path.exists()
-        with pytest.raises(control.NotRunningError):
-            control.send("status")
+        with pytest.raises(NotRunningError):
+            control_client.send("status")
     finally:
         lock.release()
 
 
 def test_runtime_dir_fallback_and_a_too_long_path(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    folder = control.runtime_dir(create=True)
+    folder = runtime_folder(create=True)
     assert folder == Path(os.environ["XDG_CACHE_HOME"]) / "avatar-cam" / "run"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True, mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
     with pytest.raises(AvatarCamError, match="too long") as err:
-        control.ControlServer(lambda cmd, arg: {}).start()
+        control_server.ControlServer(lambda cmd, arg: {}).start()
     assert "XDG_RUNTIME_DIR" in err.value.hint

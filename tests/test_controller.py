@@ -17,27 +17,19 @@ from pathlib import Path
 import camera_recorder
 import numpy as np
 import pytest
+from helpers import defaults, device_names, voice_windows, wait_for
 from pulse import rescan_portaudio
-from test_virtual_mic import defaults, device_names, voice_windows
 
-from avatar_cam.audio_source import AudioError, AudioRing, MicrophoneSource
-from avatar_cam.compositor import Compositor, OutputFormat
-from avatar_cam.controller import Controller
-from avatar_cam.errors import AvatarCamError
-from avatar_cam.portrait import Portrait
+from avatar_cam.audio.ring import AudioRing
+from avatar_cam.audio.sources import MicrophoneSource
+from avatar_cam.daemon.controller import Controller
+from avatar_cam.errors import AudioError, AvatarCamError
 from avatar_cam.settings import Settings
-from avatar_cam.virtual_mic import SINK, SOURCE, pulse_env
+from avatar_cam.video.compositor import Compositor, OutputFormat
+from avatar_cam.video.portrait import Portrait
+from avatar_cam.vmic.pulse import SINK, SOURCE, pulse_env
 
 STILL = {"idle_blinks": False, "idle_head_motion": False, "idle_breathing": False}  # silent frames = the photo
-
-
-def wait_for(cond, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 @pytest.fixture()

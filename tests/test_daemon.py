@@ -2,37 +2,27 @@
 
 Each daemon runs through tests/run_product.py (the real CLI, with the recording camera backend registered).
 These daemons keep the camera off unless a test needs it, so they start in well under a second.
-`DaemonProcess` is shared with test_control.py.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import stat
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import DaemonProcess, run_cli, short_runtime_dir
 
-from avatar_cam import control, paths
-from avatar_cam.errors import AvatarCamError
+from avatar_cam import paths
+from avatar_cam.daemon import control_client, instance
+from avatar_cam.daemon.runtime_dir import lock_path, socket_path
+from avatar_cam.errors import AvatarCamError, NotRunningError
 from avatar_cam.settings import Settings
 
 RUN_PRODUCT = Path(__file__).with_name("run_product.py")
 READY_TIMEOUT_S = 60.0  # generous: CI machines are small and shared
-
-
-def short_runtime_dir() -> Path:
-    """A private XDG_RUNTIME_DIR with a short path (a Unix socket path must fit in ~100 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="ac-", dir="/tmp"))
-    d.chmod(0o700)
-    return d
 
 
 @pytest.fixture()
@@ -41,80 +31,6 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-class DaemonProcess:
-    """One `avatar-cam daemon --no-tray` subprocess; its stdout and stderr go to files (never a full pipe)."""
-
-    def __init__(self, workdir: Path, *args: str, env: dict | None = None, name: str = "daemon"):
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.out_path, self.err_path = workdir / f"{name}.out", workdir / f"{name}.err"
-        self.env = {**os.environ, **(env or {})}
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, str(RUN_PRODUCT), "daemon", "--no-tray", *args], cwd=workdir,
-                                         env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def describe(self) -> str:
-        return f"exit status {self.proc.poll()}\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
-
-    def status(self, timeout: float = 30.0) -> dict:
-        return control.send("status", timeout=timeout)["status"]
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict:
-        """Wait until the control socket answers; returns the first status."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the daemon exited before answering:\n{self.describe()}")
-            try:
-                return self.status()
-            except control.NotRunningError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the daemon did not answer within {timeout} s:\n{self.describe()}")
-                time.sleep(0.05)
-
-    def wait_status(self, check, timeout: float = READY_TIMEOUT_S, what: str = "") -> dict:
-        """Poll the status until `check(status)` holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if check(status):
-                return status
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"status never reached {what or check}: last {status}\n{self.describe()}")
-            time.sleep(0.1)
-
-    def wait_stderr(self, text: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while text not in self.stderr:
-            if time.monotonic() > deadline:
-                pytest.fail(f"{text!r} never appeared on stderr:\n{self.describe()}")
-            time.sleep(0.05)
-        return self.stderr
-
-    def signal_and_wait(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        self.proc.send_signal(signum)
-        return self.wait(timeout)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"the daemon did not exit within {timeout} s:\n{self.describe()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture()
@@ -172,7 +88,7 @@ def test_two_daemons_starting_at_once_one_wins(runtime_dir, daemons, camera_off)
         assert "already running" in loser.stdout
         winner.wait_ready()
         assert winner.signal_and_wait() == 0, winner.describe()
-        assert not control.socket_path().exists()
+        assert not socket_path().exists()
 
 
 def test_a_socket_left_by_a_killed_daemon_is_replaced(runtime_dir, daemons, camera_off):
@@ -180,7 +96,7 @@ def test_a_socket_left_by_a_killed_daemon_is_replaced(runtime_dir, daemons, came
     crashed.wait_ready()
     crashed.proc.send_signal(signal.SIGKILL)
     crashed.wait()
-    sock = control.socket_path()
+    sock = socket_path()
     assert stat.S_ISSOCK(sock.lstat().st_mode)  # left behind: nobody removed it
     gone = run_cli("ctl", "status", timeout=60)
     assert gone.returncode == 2
@@ -199,7 +115,7 @@ def test_a_socket_left_by_a_killed_daemon_is_replaced(runtime_dir, daemons, came
 def test_daemon_stops_cleanly(runtime_dir, daemons, camera_off, how):
     d = daemons.start()
     d.wait_ready()
-    sock = control.socket_path()
+    sock = socket_path()
     assert sock.exists()
     if how == "ctl quit":
         quit_ = run_cli("ctl", "quit", timeout=60)
@@ -212,9 +128,9 @@ def test_daemon_stops_cleanly(runtime_dir, daemons, camera_off, how):
     assert "Traceback" not in d.stderr
     assert "daemon stopped" in log_text()
     assert Settings.load().camera_on is False  # quitting does not change what the user chose
-    assert control.lock_path().exists()  # the lock file stays (removing it would let two daemons lock two files)
-    with pytest.raises(control.NotRunningError):
-        control.send("status")
+    assert lock_path().exists()  # the lock file stays (removing it would let two daemons lock two files)
+    with pytest.raises(NotRunningError):
+        control_client.send("status")
 
 
 def test_a_camera_that_cannot_start_leaves_the_daemon_running(runtime_dir, daemons, astronaut_png):
@@ -255,9 +171,9 @@ def test_without_a_tray_avatar_cam_says_what_to_run_instead(runtime_dir, monkeyp
     result = run_cli(timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "avatar-cam run --no-tray" in result.stderr and "Traceback" not in result.stderr
-    assert not control.socket_path().exists()
+    assert not socket_path().exists()
     # ...and it did not keep the instance lock: a daemon can start right after.
-    lock = control.InstanceLock()
+    lock = instance.InstanceLock()
     assert lock.acquire()
     lock.release()
 
@@ -267,4 +183,4 @@ def test_ctl_without_a_daemon_says_how_to_start_one(runtime_dir):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["avatar-cam: Avatar Cam is not running", "  -> start it with `avatar-cam`"]
     with pytest.raises(AvatarCamError, match="not running"):
-        control.send("status")
+        control_client.send("status")

@@ -210,7 +210,7 @@ def test_macos_camera_needs_obs_30(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def test_the_tray_check_explains_the_daemon_s_own_verdict(monkeypatch: pytest.MonkeyPatch):
-    from avatar_cam import tray
+    from avatar_cam.tray import backends as tray
 
     def daemon_says(works: bool, backend: str) -> None:
         monkeypatch.setattr(tray, "tray_available", lambda: (works, backend))

@@ -3,141 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import re
-import socket
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import LocalServer, Serve, Stall, Status, closed_port_url
 
-from avatar_cam.checkpoint import validate_checkpoint
-from avatar_cam.download import download
 from avatar_cam.errors import DownloadError
+from avatar_cam.wav2lip.checkpoint import validate_checkpoint
+from avatar_cam.weights.download import download
 
 # --- a local server whose misbehaviour each test chooses ----------------------------------------------
-
-
-@dataclass
-class Serve:
-    """Serve `body`, honouring `Range: bytes=N-`. The first responses stop at the absolute offsets in `cut_at`
-    (after promising the whole rest in Content-Length) and drop the connection."""
-
-    body: bytes
-    cut_at: list[int] = field(default_factory=list)
-    honour_range: bool = True
-    content_type: str = "application/octet-stream"
-
-
-@dataclass
-class Status:
-    code: int
-    body: bytes = b"error"
-    headers: dict = field(default_factory=dict)
-
-
-@dataclass
-class Stall:
-    """Accept the request, then send nothing (or only the headers and `head` bytes of the body) until released."""
-
-    after_headers: bytes | None = None
-    total: int = 1_000_000
-
-
-@dataclass
-class Request:
-    path: str
-    range: str | None
-    dest_existed: bool | None  # observed on disk when the request arrived (for the tests that set `watch`)
-    part_size: int | None
-
-
-class LocalServer:
-    def __init__(self) -> None:
-        self.routes: dict[str, object] = {}
-        self.requests: list[Request] = []
-        self.watch: Path | None = None  # a download destination to observe at each request
-        self.release = threading.Event()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def _observe(self, path: str, range_header: str | None) -> None:
-        dest = self.watch
-        part = dest.with_name(dest.name + ".part") if dest else None
-        self.requests.append(
-            Request(path, range_header, dest.exists() if dest else None, part.stat().st_size if part and part.exists() else None)
-        )
-
-    def _handler(self):
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def do_GET(self):
-                server._observe(self.path, self.headers.get("Range"))
-                route = server.routes.get(self.path)
-                if route is None:
-                    route = Status(404, b"not found")
-                if isinstance(route, Status):
-                    self.send_response(route.code)
-                    for k, v in route.headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(route.body)))
-                    self.end_headers()
-                    self.wfile.write(route.body)
-                elif isinstance(route, Stall):
-                    if route.after_headers is not None:
-                        self.send_response(200)
-                        self.send_header("Content-Length", str(route.total))
-                        self.end_headers()
-                        self.wfile.write(route.after_headers)
-                        self.wfile.flush()
-                        route.after_headers = None  # later requests stall before answering
-                    server.release.wait(30)
-                    self.close_connection = True
-                else:
-                    self._serve(route)
-
-            def _serve(self, route: Serve):
-                size = len(route.body)
-                start = 0
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match and route.honour_range:
-                    start = int(match[1])
-                    if start >= size:
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{size}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Type", route.content_type)
-                self.send_header("Content-Length", str(size - start))
-                self.end_headers()
-                stop = route.cut_at.pop(0) if route.cut_at else size
-                self.wfile.write(memoryview(route.body)[start:max(start, stop)])
-                if stop < size:
-                    self.wfile.flush()
-                    self.close_connection = True
-
-        return Handler
 
 
 @pytest.fixture
@@ -150,14 +26,6 @@ def server():
 @pytest.fixture(scope="session")
 def checkpoint_bytes(random_checkpoint: Path) -> bytes:
     return random_checkpoint.read_bytes()
-
-
-def closed_port_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens (the port was just free)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/wav2lip_gan.pth"
 
 
 def sha256(data: bytes | Path) -> str:

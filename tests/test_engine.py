@@ -12,8 +12,8 @@ import openvino as ov
 import pytest
 
 from avatar_cam import Wav2LipEngine
-from avatar_cam.engine import supported_precisions
 from avatar_cam.errors import CheckpointError, EngineError
+from avatar_cam.wav2lip.engine import supported_precisions
 
 
 @pytest.fixture()
@@ -120,3 +120,19 @@ def test_bench_engine_reports_every_figure(random_checkpoint):
         assert set(r[table]["f32"]) == {"1", "2", "4", "8"}
         assert all(v > 0 for row in r[table].values() for v in row.values())
     assert r["load_warm_s"] > 0 and r["load_cold_s"] > 0 and r["peak_rss_mb_warm"] > 50
+
+
+def test_the_readme_python_example_runs_as_written(random_checkpoint, tmp_path, monkeypatch):
+    """The README's Python API example, run as a user would copy it, next to a checkpoint named as it says."""
+    import shutil
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    shutil.copy(random_checkpoint, tmp_path / "wav2lip_gan.pth")
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec(compile(example, "README.md", "exec"), names)  # noqa: S102 - the documented example itself
+    assert names["out"].shape == (1, 3, 96, 96)
+    assert 0.0 <= names["out"].min() and names["out"].max() <= 1.0
+    assert names["m"].shape[0] == 80 and names["cols"].shape[0] == 80

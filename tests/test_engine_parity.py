@@ -10,8 +10,9 @@ import torch
 from wav2lip_reference import calibrated_reference
 
 from avatar_cam import Wav2LipEngine
-from avatar_cam.mel import melspectrogram
-from avatar_cam.wav2lip_arch import MOUTH_FIRST_ROW
+from avatar_cam.audio.mel import melspectrogram
+from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
+from avatar_cam.wav2lip.arch import MOUTH_FIRST_ROW
 
 TOLERANCE = 1e-4
 
@@ -77,16 +78,17 @@ def test_openvino_matches_pytorch_on_real_face_and_speech(reference, speech_16k,
 
 @pytest.mark.parametrize("first_row", [None, 1, 30, 64, 95], ids=["product", "from1", "from30", "from64", "from95"])
 def test_the_live_form_draws_the_published_networks_rows(reference, speech_16k, astronaut_face_96, tmp_path, first_row):
-    """The live form (the product's engine by default: only the rows the compositor blends) skips the rows
+    """The live form (the product's engine asks for it: only the rows the compositor blends) skips the rows
     above `first_row` and takes the face's share of each decoder convolution precomputed; both are exact in
     arithmetic, so every row it keeps must be the published network's."""
     path = tmp_path / "wav2lip.pth"
     save_published(reference, path, module_prefix=True)
-    options = {} if first_row is None else {"first_row": first_row}
-    engine = Wav2LipEngine.from_checkpoint(path, cache_dir=tmp_path / "cache", **options)
-    if first_row is None:
+    if first_row is None:  # what the live camera loads
+        engine = Wav2LipLipSync.from_checkpoint(path, cache_dir=tmp_path / "cache").engine
         first_row = engine.first_row
         assert first_row == MOUTH_FIRST_ROW <= 47  # the lower half, and the row above it that scaling reads
+    else:
+        engine = Wav2LipEngine.from_checkpoint(path, cache_dir=tmp_path / "cache", first_row=first_row)
     mels, faces = mel_windows(speech_16k, 4), face_batch(astronaut_face_96, 4)
     with torch.no_grad():
         want = reference(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()

@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar_cam.compositor import OutputFormat
-from avatar_cam.frame_clock import FrameClock
-from avatar_cam.idle_motion import MAX_SWAY_PX, IdleSchedule, IdleSettings
-from avatar_cam.lite_engine import LiteLipSync
-from avatar_cam.mel import melspectrogram
-from avatar_cam.portrait import Portrait
-from avatar_cam.renderer import FrameRenderer
+from avatar_cam.audio.mel import melspectrogram
+from avatar_cam.lipsync.lite import LiteLipSync
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.renderer import FrameRenderer
+from avatar_cam.video.compositor import OutputFormat
+from avatar_cam.video.idle_motion import MAX_SWAY_PX, IdleSchedule, IdleSettings
+from avatar_cam.video.portrait import Portrait
 
 FPS = 30.0
 SIZE = OutputFormat(1280, 720)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import avatar_cam
-from avatar_cam import autostart
+from avatar_cam.tray import autostart
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path("install_scripts") / "install-linux.sh"

@@ -9,16 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-from avatar_cam.compositor import OutputFormat
-from avatar_cam.engines import FALLBACK_NOTE, make_lipsync
+from avatar_cam.audio.mel import melspectrogram
 from avatar_cam.errors import AvatarCamError, ModelNotInstalledError
-from avatar_cam.face_layout import locate
-from avatar_cam.frame_clock import FrameClock
-from avatar_cam.idle_motion import IdleSettings
-from avatar_cam.lite_engine import LiteLipSync
-from avatar_cam.mel import melspectrogram
-from avatar_cam.portrait import Portrait
-from avatar_cam.renderer import FrameRenderer, mel_window
+from avatar_cam.lipsync.lite import LiteLipSync
+from avatar_cam.lipsync.registry import FALLBACK_NOTE, make_lipsync
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.mel_windows import mel_window
+from avatar_cam.live.renderer import FrameRenderer
+from avatar_cam.video.compositor import OutputFormat
+from avatar_cam.video.face_layout import locate
+from avatar_cam.video.idle_motion import IdleSettings
+from avatar_cam.video.portrait import Portrait
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,27 @@ import camera_recorder
 import numpy as np
 import pytest
 
-from avatar_cam.audio_source import AudioRing, FileSource, MicrophoneSource, load_audio
-from avatar_cam.compositor import OutputFormat
-from avatar_cam.engine import Wav2LipEngine
-from avatar_cam.frame_clock import FrameClock
-from avatar_cam.idle_motion import IdleSettings
-from avatar_cam.mel import melspectrogram
-from avatar_cam.pipeline import LivePipeline
-from avatar_cam.portrait import Portrait
-from avatar_cam.renderer import FrameRenderer, Wav2LipLipSync
-from avatar_cam.sinks import VirtualCameraSink
+from avatar_cam.audio.mel import melspectrogram
+from avatar_cam.audio.ring import AudioRing
+from avatar_cam.audio.sources import FileSource, MicrophoneSource, load_audio
+from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.pipeline import LivePipeline
+from avatar_cam.live.renderer import FrameRenderer
+from avatar_cam.outputs.camera import VirtualCameraSink
+from avatar_cam.video.compositor import OutputFormat
+from avatar_cam.video.idle_motion import IdleSettings
+from avatar_cam.video.portrait import Portrait
+from avatar_cam.wav2lip.arch import MOUTH_FIRST_ROW
+from avatar_cam.wav2lip.engine import Wav2LipEngine
 
 SIZE = OutputFormat(640, 360)
 
 
 @pytest.fixture(scope="module")
 def engine(random_checkpoint, tmp_path_factory):
-    return Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path_factory.mktemp("cache"))
+    return Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path_factory.mktemp("cache"),
+                                         first_row=MOUTH_FIRST_ROW)  # the live camera's form
 
 
 def make_renderer(engine, astronaut_png, clock, idle: IdleSettings | None = None):

@@ -12,7 +12,7 @@ import scipy.signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avatar_cam.mel import (
+from avatar_cam.audio.mel import (
     HOP,
     MEL_FPS,
     N_FFT,
@@ -171,7 +171,7 @@ def test_input_types():
 def test_no_librosa_or_scipy_at_run_time():
     code = (
         "import sys, numpy as np\n"
-        "from avatar_cam.mel import melspectrogram, StreamingMel\n"
+        "from avatar_cam.audio.mel import melspectrogram, StreamingMel\n"
         "melspectrogram(np.zeros(16000, np.float32)); StreamingMel().push(np.zeros(1600, np.float32))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('librosa', 'scipy', 'torch')))\n"
     )

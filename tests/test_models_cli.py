@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
-from test_download import LocalServer, Serve, Status, closed_port_url
+from helpers import LocalServer, Serve, Status, closed_port_url, run_cli
 
-from avatar_cam import model_store, paths
+from avatar_cam import paths
 from avatar_cam.errors import AvatarCamError, CheckpointError, ModelNotInstalledError
+from avatar_cam.weights import store as model_store
 
 
 @pytest.fixture

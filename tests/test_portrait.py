@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from skimage import data
 
-from avatar_cam.portrait import FaceBox, Portrait, PortraitError, detect_faces
+from avatar_cam.errors import PortraitError
+from avatar_cam.video.face_detect import FaceBox, detect_faces
+from avatar_cam.video.portrait import Portrait
 
 # Landmarks in skimage's astronaut (512x512), read off the image by eye.
 EYES = [(201, 101), (246, 103)]  # pupil centres

@@ -16,9 +16,9 @@ import numpy as np
 import soundfile
 from helpers import run_cli
 
-from avatar_cam.compositor import Compositor, OutputFormat
-from avatar_cam.portrait import Portrait
-from avatar_cam.sinks import ffmpeg_exe
+from avatar_cam.outputs.recorder import ffmpeg_exe
+from avatar_cam.video.compositor import Compositor, OutputFormat
+from avatar_cam.video.portrait import Portrait
 
 HERE = Path(__file__).parent
 
@@ -133,9 +133,9 @@ def _run_with_virtual_mic(astronaut_png: Path, speech_wav: Path, env: dict) -> s
 
 
 def test_run_with_the_virtual_microphone_makes_it_and_removes_it(pulse_server, astronaut_png, speech_wav):
-    from test_virtual_mic import defaults, device_names
+    from helpers import defaults, device_names
 
-    from avatar_cam.virtual_mic import SINK, SOURCE
+    from avatar_cam.vmic.pulse import SINK, SOURCE
 
     before = defaults(pulse_server)
     proc = _run_with_virtual_mic(astronaut_png, speech_wav, os.environ.copy())

@@ -32,12 +32,16 @@ import camera_recorder
 import cv2
 import numpy as np
 import pytest
+from helpers import wait_for
 from PIL import Image
 from pulse import terminate
 
-from avatar_cam import paths, tray
-from avatar_cam.controller import Controller, photos_dir
+from avatar_cam import paths
+from avatar_cam.daemon.controller import Controller
+from avatar_cam.daemon.photos import photos_dir
 from avatar_cam.settings import Settings
+from avatar_cam.tray import app as tray
+from avatar_cam.tray import backends
 
 # pystray's GTK backends use GtkStatusIcon, GObject.idle_add and AppIndicator calls that are deprecated (and work).
 pytestmark = [pytest.mark.filterwarnings(r"ignore:(Gtk|AyatanaAppIndicator3)\..* is deprecated"),
@@ -221,17 +225,6 @@ def camera_backend():
     return RecentFramesCamera
 
 
-def wait_for(condition, what: str, timeout: float = TIMEOUT, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-
-
 def menu_item(app: tray.TrayApp, *texts: str):
     """The pystray item at a path of labels, e.g. ("Photo", "b.png")."""
     menu = app.icon.menu
@@ -293,7 +286,7 @@ def find_icon(shot: np.ndarray, state: str, size: int = 24) -> tuple[int, int] |
     Every opaque pixel must match exactly (within 2/255); the anti-aliased rim is left out, as backends blend it
     with the panel differently (pystray's Xlib backend has no alpha)."""
     strip = shot[:TRAY_HEIGHT, :TRAY_WIDTH].astype(np.int16)
-    icon = np.asarray(tray.icon_image(state, size)).astype(np.int16)
+    icon = np.asarray(backends.icon_image(state, size)).astype(np.int16)
     opaque = icon[..., 3] == 255
     want = icon[..., :3][opaque]
     for y in range(TRAY_HEIGHT - size + 1):
@@ -305,7 +298,7 @@ def find_icon(shot: np.ndarray, state: str, size: int = 24) -> tuple[int, int] |
 
 def badge_pixels(shot: np.ndarray, state: str) -> int:
     """How many tray pixels have the `state` icon's badge colour (its most common opaque colour)."""
-    icon = np.asarray(tray.icon_image(state, 64))
+    icon = np.asarray(backends.icon_image(state, 64))
     colours, counts = np.unique(icon[icon[..., 3] == 255][:, :3], axis=0, return_counts=True)
     badge = colours[counts.argmax()].astype(int)
     strip = shot[:TRAY_HEIGHT, :TRAY_WIDTH].astype(int)
@@ -358,8 +351,8 @@ def still_idle(monkeypatch: pytest.MonkeyPatch):
 
     Settings carry the user's choice; the renderer default is patched too, for a controller that does not pass
     those settings on yet."""
-    from avatar_cam import renderer
-    from avatar_cam.idle_motion import IdleSettings
+    from avatar_cam.live import renderer
+    from avatar_cam.video.idle_motion import IdleSettings
 
     monkeypatch.setattr(renderer, "IdleSettings", IdleSettings.off)
     return {"idle_blinks": False, "idle_head_motion": False, "idle_breathing": False}
@@ -377,18 +370,18 @@ def long_speech(speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_backend_choice_follows_the_desktop():
-    assert tray.choose_backends({"XDG_CURRENT_DESKTOP": "ubuntu:GNOME", "DISPLAY": ":0"}, "linux")[0] == "appindicator"
-    assert tray.choose_backends({"XDG_SESSION_TYPE": "wayland", "DISPLAY": ":0"}, "linux")[0] == "appindicator"
-    assert tray.choose_backends({"XDG_CURRENT_DESKTOP": "XFCE", "DISPLAY": ":0"}, "linux") == ["gtk", "xorg"]
-    assert tray.choose_backends({"PYSTRAY_BACKEND": "xorg", "XDG_CURRENT_DESKTOP": "GNOME"}, "linux") == ["xorg"]
-    assert tray.choose_backends({}, "win32") == ["win32"]
-    assert tray.choose_backends({}, "darwin") == ["darwin"]
+    assert backends.choose_backends({"XDG_CURRENT_DESKTOP": "ubuntu:GNOME", "DISPLAY": ":0"}, "linux")[0] == "appindicator"
+    assert backends.choose_backends({"XDG_SESSION_TYPE": "wayland", "DISPLAY": ":0"}, "linux")[0] == "appindicator"
+    assert backends.choose_backends({"XDG_CURRENT_DESKTOP": "XFCE", "DISPLAY": ":0"}, "linux") == ["gtk", "xorg"]
+    assert backends.choose_backends({"PYSTRAY_BACKEND": "xorg", "XDG_CURRENT_DESKTOP": "GNOME"}, "linux") == ["xorg"]
+    assert backends.choose_backends({}, "win32") == ["win32"]
+    assert backends.choose_backends({}, "darwin") == ["darwin"]
 
 
 def test_without_a_display_the_tray_says_why_and_what_still_works():
     # A fresh process: pystray and GTK decide about the display once, when first imported.
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYSTRAY_BACKEND")}
-    code = "from avatar_cam import tray; print(repr(tray.tray_available()))"
+    code = "from avatar_cam import tray; print(repr(backends.tray_available()))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     ok, reason = eval(done.stdout)  # noqa: S307 - our own repr of (bool, str)
@@ -433,7 +426,7 @@ def test_icon_docks_and_follows_the_state(desktop, backend):
     StatusNotifier host runs), shows the icon of the controller's state, and leaves the panel on Quit."""
     controller = Controller(Settings(camera_on=False, engine="lite"))
     app = tray.TrayApp(controller, backend=backend)
-    size = tray.BACKEND_ICON_SIZE[backend]
+    size = backends.BACKEND_ICON_SIZE[backend]
     # GTK shows our 24 px icon as it is, pixel for pixel. The others scale it to their slot (AppIndicator's
     # fallback to 30 x 30; pystray's Xlib backend stretches it to the window, 24 x 30 in this trayer).
     shows = (lambda shot, state: find_icon(shot, state, size) is not None) if backend == "gtk" \
@@ -607,7 +600,7 @@ def test_menu_settings_dialog_and_helpers(desktop, camera_backend, photos, tmp_p
     saved = Settings.load()
     assert (saved.width, saved.height, saved.fps, saved.mirror) == (960, 540, 24.0, True)
     assert saved.photo.endswith(mirrored.name) and saved.engine == "lite"
-    from avatar_cam import autostart
+    from avatar_cam.tray import autostart
 
     assert autostart.is_enabled()
     assert not camera_backend.instances, "nothing here needed the camera"
@@ -638,9 +631,9 @@ def close_window(desktop: Desktop, window: str) -> None:
 
 
 def test_show_preview_and_avatar_cam_microphone_from_the_menu(desktop, pulse_server, camera_backend, photos, still_idle):
-    from test_virtual_mic import device_names
+    from helpers import device_names
 
-    from avatar_cam.virtual_mic import SOURCE
+    from avatar_cam.vmic.pulse import SOURCE
 
     settings = Settings(camera_backend=camera_recorder.BACKEND, engine="lite", width=320, height=180, fps=15.0,
                         photo=str(photos[0]), camera_on=False, **still_idle)
@@ -710,7 +703,7 @@ def test_show_preview_and_avatar_cam_microphone_from_the_menu(desktop, pulse_ser
 def test_avatar_cam_shows_the_tray_and_ctl_drives_it(desktop, pulse_server, astronaut_png, tmp_path, monkeypatch):
     """`avatar-cam` with no arguments, as a user starts it: the tray appears, follows what `ctl` does,
     answers a second `avatar-cam` with a notification, and `ctl quit` ends it with the camera closed."""
-    from avatar_cam import control
+    from avatar_cam.daemon import control_client
 
     runtime = Path(tempfile.mkdtemp(prefix="ac-", dir="/tmp"))  # a Unix socket path must stay short
     runtime.chmod(0o700)
@@ -731,13 +724,13 @@ def test_avatar_cam_shows_the_tray_and_ctl_drives_it(desktop, pulse_server, astr
         wait_for(lambda: len(desktop.notifications()) > shown, "the first daemon's notification")
         assert "Avatar Cam is running" in desktop.notifications()[-1]["message"]
 
-        control.send("start", timeout=60)
+        control_client.send("start", timeout=60)
         wait_for(lambda: find_icon(desktop.screenshot("daemon-live"), "live"), "the live icon after `ctl start`")
-        wait_for(lambda: control.send("status")["status"]["fps"] > 5, "frames in the camera")
+        wait_for(lambda: control_client.send("status")["status"]["fps"] > 5, "frames in the camera")
         time.sleep(1.5)  # ~20 more frames at 15 fps
-        control.send("pause")
+        control_client.send("pause")
         wait_for(lambda: find_icon(desktop.screenshot("daemon-paused"), "paused"), "the paused icon after `ctl pause`")
-        control.send("quit")
+        control_client.send("quit")
         assert daemon.wait(TIMEOUT) == 0, out.read_text()
     finally:
         if daemon.poll() is None:

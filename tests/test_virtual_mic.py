@@ -15,29 +15,25 @@ from pathlib import Path
 import camera_recorder
 import numpy as np
 import pytest
+from helpers import defaults, device_names, eventually, voice_windows
 
-from avatar_cam.audio_source import AudioRing, MicrophoneSource
-from avatar_cam.compositor import OutputFormat
-from avatar_cam.engine import Wav2LipEngine
-from avatar_cam.frame_clock import FrameClock
-from avatar_cam.pipeline import LivePipeline
-from avatar_cam.portrait import Portrait
-from avatar_cam.renderer import FrameRenderer, Wav2LipLipSync
-from avatar_cam.sinks import VirtualCameraSink
-from avatar_cam.virtual_mic import DESCRIPTION, SINK, SOURCE, VirtualMicError, VirtualMicrophone, find_virtual_cable
+from avatar_cam.audio.ring import AudioRing
+from avatar_cam.audio.sources import MicrophoneSource
+from avatar_cam.errors import VirtualMicError
+from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.pipeline import LivePipeline
+from avatar_cam.live.renderer import FrameRenderer
+from avatar_cam.outputs.camera import VirtualCameraSink
+from avatar_cam.video.compositor import OutputFormat
+from avatar_cam.video.portrait import Portrait
+from avatar_cam.vmic.cables import find_virtual_cable
+from avatar_cam.vmic.microphone import DESCRIPTION, VirtualMicrophone
+from avatar_cam.vmic.pulse import SINK, SOURCE
+from avatar_cam.wav2lip.arch import MOUTH_FIRST_ROW
+from avatar_cam.wav2lip.engine import Wav2LipEngine
 
 SIZE = OutputFormat(320, 180)
-
-
-def defaults(pulse) -> tuple[str, str]:
-    return pulse.pactl("get-default-sink").stdout.strip(), pulse.pactl("get-default-source").stdout.strip()
-
-
-def device_names(pulse) -> set[str]:
-    names = set()
-    for kind in ("sinks", "sources"):
-        names |= {line.split("\t")[1] for line in pulse.pactl("list", "short", kind).stdout.splitlines()}
-    return names
 
 
 def described_sources(pulse) -> list[str]:
@@ -58,18 +54,10 @@ def janitors_of(pid: int) -> list[int]:
     return found
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 @pytest.fixture(scope="module")
 def engine(random_checkpoint, tmp_path_factory):
-    return Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path_factory.mktemp("cache"))
+    return Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path_factory.mktemp("cache"),
+                                         first_row=MOUTH_FIRST_ROW)  # the live camera's form
 
 
 def test_devices_are_created_and_removed_and_the_defaults_stay(pulse_server):
@@ -87,7 +75,7 @@ def test_devices_are_created_and_removed_and_the_defaults_stay(pulse_server):
             assert f"avatar_cam.stream = \"virtual-mic-{os.getpid()}\"" in inputs  # our stream plays, into our sink
         assert not {SINK, SOURCE} & device_names(pulse_server)
         assert defaults(pulse_server) == before
-        assert wait_until(lambda: not janitors_of(os.getpid()))
+        assert eventually(lambda: not janitors_of(os.getpid()))
     finally:
         pulse_server.pactl("unload-module", switch)
 
@@ -122,10 +110,11 @@ PRODUCT = r"""
 import sys, threading, time
 from types import SimpleNamespace
 import numpy as np
-from avatar_cam.audio_source import AudioRing, FileSource
-from avatar_cam.frame_clock import FrameClock
-from avatar_cam.pipeline import LivePipeline
-from avatar_cam.virtual_mic import VirtualMicrophone
+from avatar_cam.audio.ring import AudioRing
+from avatar_cam.audio.sources import FileSource
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.pipeline import LivePipeline
+from avatar_cam.vmic.microphone import VirtualMicrophone
 
 class Renderer:
     gate = SimpleNamespace(update=lambda audio: 0.0)
@@ -178,15 +167,15 @@ def test_the_device_goes_away_however_the_product_ends(pulse_server, ending):
             proc.kill()  # no Python code runs: the janitor must do it
         elif ending == "crash-thread":
             assert proc.stdout.readline().strip() == "frame thread ended"
-            assert wait_until(lambda: SOURCE not in device_names(pulse_server)), "still there while the process lives"
+            assert eventually(lambda: SOURCE not in device_names(pulse_server)), "still there while the process lives"
             assert proc.poll() is None
             proc.kill()
         proc.wait(timeout=10)
         if ending == "crash":
             assert "simulated fault" in proc.stderr.read()
-        assert wait_until(lambda: not {SINK, SOURCE} & device_names(pulse_server)), ending
+        assert eventually(lambda: not {SINK, SOURCE} & device_names(pulse_server)), ending
         assert defaults(pulse_server) == before
-        assert wait_until(lambda: not janitors_of(proc.pid))
+        assert eventually(lambda: not janitors_of(proc.pid))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -206,35 +195,6 @@ def steady_clock(ring: AudioRing, skip_s: float = 1.0):
         keep = np.abs(residual - np.median(residual[keep])) < 0.010
     assert keep.mean() > 0.8
     return lambda s: a * np.asarray(s, dtype=float) + b
-
-
-def magnitudes(x: np.ndarray) -> np.ndarray:
-    frames = np.lib.stride_tricks.sliding_window_view(x, 512)[::128] * np.hanning(512)
-    return np.abs(np.fft.rfft(frames, axis=1))
-
-
-def voice_windows(x: np.ndarray, y: np.ndarray, start: int, win: int = 8000, search: int = 1600):
-    """Each voiced 0.5 s window of x from `start` on, found in y: (centre in x, centre in y, similarity).
-
-    Similarity compares magnitude spectrograms: the playout resamples by up to 0.3% while it follows the
-    delay, which a waveform correlation over 0.5 s would punish, and which nobody can hear."""
-    probe = x[start : start + 4 * win]  # the rough lag, from 2 s of voice (FFT cross-correlation)
-    size = 1 << (len(y) + len(probe)).bit_length()
-    full = np.fft.irfft(np.fft.rfft(y, size) * np.conj(np.fft.rfft(probe, size)), size)[: len(y) - len(probe)]
-    lag = int(np.argmax(full)) - start
-    found = []
-    for s0 in range(start, len(x) - win, win // 2):
-        seg = x[s0 : s0 + win]
-        if np.sqrt(np.mean(seg**2)) < 0.02:
-            continue
-        lo = max(0, s0 + lag - search)
-        ref = y[lo : lo + win + 2 * search]
-        if len(ref) < win + 2 * search:
-            break
-        k = int(np.argmax(np.correlate(ref, seg, "valid")))
-        a, b = magnitudes(seg).ravel(), magnitudes(ref[k : k + win]).ravel()
-        found.append((s0 + win // 2, lo + k + win // 2, float(np.corrcoef(a, b)[0, 1])))
-    return found
 
 
 def test_the_voice_comes_back_delayed_to_meet_the_lips(pulse_server, speech_wav, engine, astronaut_png, monkeypatch):
@@ -328,8 +288,8 @@ def test_windows_and_macos_find_a_virtual_cable_or_say_how_to_get_one(monkeypatc
 
 
 def test_without_a_sound_server_the_errors_say_what_to_do(monkeypatch, tmp_path):
-    from avatar_cam.av_sync import av_sync_bench
     from avatar_cam.errors import AvatarCamError
+    from avatar_cam.vmic.playout import av_sync_bench
 
     monkeypatch.setenv("PULSE_SERVER", f"unix:{tmp_path}/no-server-here")
     with pytest.raises(VirtualMicError) as err:
@@ -344,7 +304,7 @@ def test_bench_av_sync_measures_voice_against_lips(pulse_server, random_checkpoi
     import argparse
     import json
 
-    from avatar_cam import av_sync
+    from avatar_cam.bench import av_sync
 
     parser = argparse.ArgumentParser()
     av_sync.register(parser.add_subparsers())

@@ -1,0 +1,48 @@
+"""What the daemon is doing, as the tray's status line, `ctl status` and its JSON show it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class Status:
+    state: str  # "stopped" | "live" | "silent" | "paused" | "error"
+    photo: str | None
+    mic: str | None
+    engine: str | None
+    device: str | None
+    camera: str | None
+    fps: float
+    latency_ms_p95: float | None
+    error: str | None
+    preview: bool = False  # the preview window is showing
+    virtual_mic: dict | None = None  # None: off; else its state, what to pick in the call app, its delay
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line for the tray's status item."""
+        if self.state == "error":
+            return f"Error: {self.error}"
+        if self.state == "stopped":
+            return "Camera off"
+        lat = f", {self.latency_ms_p95:.0f} ms" if self.latency_ms_p95 is not None else ""
+        return f"{self.state.capitalize()}: {self.fps:.0f} fps{lat}"
+
+
+def recent_figures(records: list, now: float | None = None) -> tuple[float, float | None, bool]:
+    """(fps, mouth latency p95 in ms, someone talking) over the frames of the last 3 s of `records`."""
+    now = time.monotonic() if now is None else now
+    recent = [r for r in records[-90:] if now - r.emitted < 3.0]
+    fps, p95 = 0.0, None
+    if len(recent) > 1:
+        span = recent[-1].emitted - recent[0].emitted
+        fps = (len(recent) - 1) / span if span > 0 else 0.0
+        lat = [r.latency for r in recent if r.latency is not None]
+        p95 = float(np.percentile(lat, 95)) * 1000 if lat else None
+    return fps, p95, any(r.alpha > 0 for r in recent[-15:])

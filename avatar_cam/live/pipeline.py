@@ -1,0 +1,246 @@
+"""The live pipeline: audio ring -> streaming mel -> frame renderer -> sinks, paced by the audio clock.
+
+Threads: the audio source's thread (PortAudio callback or file player) only writes the `AudioRing`. The frame
+thread (`LivePipeline.run`) owns everything else here: the streaming mel, the renderer and the sinks.
+Control (CLI, tray, socket) talks to the frame thread only through `request_*` methods, which take effect
+between two frames.
+
+Frame k is drawn as soon as the audio it needs has arrived (see `FrameClock`), so frames follow the audio
+clock exactly and never drift from it. It leaves at once, or, when `pace` is set (the virtual microphone sets it),
+when the voice it shows plays: then the lips meet the voice to the millisecond, not to the frame. Paced frames
+wait on a sender thread, so the frame thread draws the next one meanwhile; the sinks are only ever used by one
+thread at a time (`_emit_lock`), and requests (`call_between_frames`) run while no frame is being sent. When no audio arrives (mic unplugged, stream stalled) the camera
+keeps showing the idle face on the wall clock, so the call app never sees a frozen or closed camera.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from avatar_cam.audio.mel import StreamingMel
+from avatar_cam.audio.ring import AudioRing
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.mel_windows import MelColumns
+from avatar_cam.live.records import FrameRecord, PipelineStats
+from avatar_cam.live.renderer import FrameRenderer
+from avatar_cam.video.portrait import Portrait
+
+log = logging.getLogger(__name__)
+
+MAX_HOLD_S = 0.1  # pacing never holds a frame longer than this (a wrong clock must not freeze the camera)
+
+
+class LivePipeline:
+    def __init__(self, renderer: FrameRenderer, sinks: list, ring: AudioRing, clock: FrameClock,
+                 on_frame=None, audio_taps: list | None = None, stall_s: float = 0.25, skip_when_behind: bool = True):
+        self.renderer = renderer
+        self.sinks = sinks
+        self.ring = ring
+        self.clock = clock
+        self.stats = PipelineStats()
+        self.on_frame = on_frame  # optional callback(frame, record), called on the frame thread
+        self.audio_taps = audio_taps or []  # callbacks(samples) given every 16 kHz block as the frame thread takes it
+        self.stall_s = stall_s
+        self.skip_when_behind = skip_when_behind  # False: draw every frame even when behind (offline equivalence)
+        # pace(audio_time) -> monotonic time the frame showing it should leave (None: at once). Called on the
+        # frame thread. Set by whoever plays the voice out, so each frame leaves with the sound it shows.
+        self.pace = None
+        self.paused = False
+        self.audio_stalled = False
+        self._stop = threading.Event()
+        self._requests: list = []  # callables queued by other threads, run by the frame thread
+        self._lock = threading.Lock()
+        self._emit_lock = threading.Lock()  # held while frames go to the sinks, and while requests run
+        self._held: queue.Queue | None = None  # paced frames waiting for the sender thread
+        self._sender: threading.Thread | None = None
+        self._mel = StreamingMel()
+        self._cols = MelColumns()
+        self._consumed = 0
+        self.next_frame = 0
+        self._idle_index = 0  # frame counter for idle motion while no audio arrives
+        self.sink_errors: dict[str, str] = {}  # sink class name -> its last send failure (frame thread writes)
+        self._sink_failures: dict[str, int] = {}
+
+    # --- control, from any thread -------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def request_portrait(self, portrait: Portrait) -> None:
+        """Switch the photo before the next frame, without touching the camera."""
+
+        def switch() -> None:
+            self.renderer.set_portrait(portrait)
+            log.info("photo switched to %s", portrait.path)
+
+        self.call_between_frames(switch)
+
+    def call_between_frames(self, fn) -> None:
+        """Run `fn()` on the frame thread before the next frame: the only way to change what it owns."""
+        with self._lock:
+            self._requests.append(fn)
+
+    # --- the frame thread ---------------------------------------------------------------------
+    def _apply_requests(self) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, []
+        if requests:
+            with self._emit_lock:  # a request may change the sinks: never while the sender uses them
+                for fn in requests:
+                    fn()
+
+    def _pull_audio(self) -> None:
+        total = self.ring.total
+        if total > self._consumed:
+            block = self.ring.read(self._consumed, total - self._consumed)
+            for tap in self.audio_taps:
+                tap(block)
+            cols = self._mel.push(block)
+            self._cols.extend(cols)
+            self._consumed = total
+
+    def _emit(self, frame: np.ndarray, rec: FrameRecord) -> None:
+        with self._emit_lock:
+            for sink in self.sinks:
+                try:
+                    sink.send(frame)
+                except Exception as exc:  # noqa: BLE001  (one broken sink must not freeze the others or kill this thread)
+                    self._sink_failed(sink, exc)
+            rec.emitted = time.monotonic()
+            self.stats.add(rec)
+            if self.on_frame is not None:
+                self.on_frame(frame, rec)
+
+    def _send(self, frame: np.ndarray, rec: FrameRecord) -> None:
+        """Emit now, or, when pacing, hand the frame to the sender thread to leave when it is due."""
+        due = self._due(rec.audio_time)
+        if due is None:
+            if self._held is not None:
+                self._held.join()  # frames still held leave first, in order
+            self._emit(frame, rec)
+            return
+        if self._sender is None:
+            self._held = queue.Queue(maxsize=16)
+            self._sender = threading.Thread(target=self._send_when_due, name="frame-sender", daemon=True)
+            self._sender.start()
+        self._held.put((frame, rec, min(due, rec.drawn + MAX_HOLD_S)))
+
+    def _send_when_due(self) -> None:
+        """The sender thread: each held frame leaves at its due time (or at once, if that has passed)."""
+        while True:
+            item = self._held.get()
+            try:
+                if item is None:
+                    return
+                frame, rec, due = item
+                wait = due - time.monotonic()
+                if wait <= 0 or not self._stop.wait(wait):  # (a stop while waiting drops the frame)
+                    self._emit(frame, rec)
+            except Exception:  # noqa: BLE001  (never let a callback kill the camera's frames)
+                log.exception("sending a paced frame failed")
+            finally:
+                self._held.task_done()
+
+    def _stop_sender(self) -> None:
+        if self._sender is not None:
+            self._held.put(None)
+            self._sender.join(timeout=1.0)
+            self._sender = self._held = None
+
+    def _sink_failed(self, sink, exc: Exception) -> None:
+        name = type(sink).__name__
+        self.sink_errors[name] = f"{name}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        if self._sink_failures.get(name, 0) % 300 == 0:  # log the first failure, then one in 300 (every ~10 s)
+            log.warning("a sink failed: %s", self.sink_errors[name])
+        self._sink_failures[name] = self._sink_failures.get(name, 0) + 1
+
+    def _keep_alive(self, last_emit: float) -> float:
+        """No audio: show the idle face at the frame rate so the camera never freezes."""
+        now = time.monotonic()
+        if now - last_emit >= 1.0 / self.clock.fps:
+            if not self.audio_stalled:
+                log.warning("no audio for %.0f ms: showing the idle face until it returns", 1000 * self.stall_s)
+                self._idle_index = self.next_frame
+            self.audio_stalled = True
+            # Idle life goes on (blinks, sway) so a stalled microphone never looks like a frozen camera.
+            frame = self.renderer.idle_frame.copy() if self.paused else self.renderer.idle_at(self._idle_index)
+            self._idle_index += 1
+            self._emit(frame, FrameRecord(-1, -1.0, None, now, now, 0.0, False))
+            return now
+        return last_emit
+
+    def run(self) -> None:
+        """Draw frames until `stop()`. Runs on the calling thread (the frame thread)."""
+        # A frame's OpenCV work is a millisecond or two: OpenCV's thread pool would add ~70% more CPU to it for
+        # little time saved, and wake threads that OpenVINO's inference needs. (This is process-wide.)
+        cv2.setNumThreads(1)
+        try:
+            self._draw_frames()
+        finally:
+            self._stop_sender()
+
+    def _draw_frames(self) -> None:
+        clock, ring = self.clock, self.ring
+        last_emit = time.monotonic()
+        while not self._stop.is_set():
+            self._apply_requests()
+            k = self.next_frame
+            need = clock.samples_needed(k)
+            if not ring.wait_for(need, timeout=min(self.stall_s, 1.0 / clock.fps)):
+                if self.audio_stalled or time.monotonic() - last_emit > self.stall_s:
+                    last_emit = self._keep_alive(last_emit)
+                continue
+            if self.audio_stalled:
+                log.info("audio is back")
+                self.audio_stalled = False
+            ready = ring.written_time(need - 1) or time.monotonic()
+            self._pull_audio()
+            started = time.monotonic()
+            a, b = clock.audio_span(k)
+            audio = ring.read(max(a, 0), max(b, 0) - max(a, 0))
+            frame, info = self.renderer.render(k, self._cols.window(clock.mel_start(k)), audio, paused=self.paused)
+            heard = ring.arrival_time(round(info.audio_time * 16000))
+            rec = FrameRecord(k, info.audio_time, heard, ready, 0.0, info.alpha, info.inferred, time.monotonic(), started)
+            self._send(frame, rec)
+            last_emit = time.monotonic()
+            self.next_frame = k + 1
+            if self.skip_when_behind:
+                self._skip_if_behind()
+
+    def _due(self, audio_time: float) -> float | None:
+        if self.pace is None:
+            return None
+        try:
+            return self.pace(audio_time)
+        except Exception:  # noqa: BLE001  (pacing is a refinement: never let it stop the camera)
+            log.exception("frame pacing failed; sending frames as soon as they are drawn")
+            self.pace = None
+            return None
+
+    def _skip_if_behind(self) -> None:
+        """If audio for two more frames is already waiting, we fell behind: drop to the newest frame.
+
+        Showing the newest mouth beats showing every mouth late. Skipped frames still pass through the
+        voice gate, so its state stays what it would have been. With pacing, audio waits on purpose while a
+        frame is held; a frame is behind only once it is a frame period past when it was due.
+        """
+        clock, k = self.clock, self.next_frame
+        while self.ring.total >= clock.samples_needed(k + 1):
+            due = self._due(clock.audio_time(k))
+            if due is not None and time.monotonic() < due + 1.0 / clock.fps:
+                break
+            a, b = clock.audio_span(k)
+            self.renderer.gate.update(self.ring.read(max(a, 0), max(b, 0) - max(a, 0)))
+            k += 1
+        if k != self.next_frame:
+            log.debug("fell behind: skipped %d frame(s)", k - self.next_frame)
+            self.next_frame = k

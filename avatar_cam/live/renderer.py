@@ -1,0 +1,144 @@
+"""From a frame's audio to its picture: voice gate -> lip-sync engine -> compositor -> idle motion.
+
+The live pipeline and the offline renderer both draw frames through `FrameRenderer`, so a live run over a
+file and an offline render of the same file give the same frames (idle motion depends only on the frame
+index and the engines' state only on the talking frames, in order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatar_cam.audio.voice_gate import VoiceGate
+from avatar_cam.lipsync.protocol import LipSync
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.mel_windows import mel_window
+from avatar_cam.video.compositor import Compositor, OutputFormat
+from avatar_cam.video.idle_motion import IdleMotion, IdleSettings
+from avatar_cam.video.portrait import Portrait
+
+
+@dataclass
+class FrameInfo:
+    index: int
+    audio_time: float  # seconds on the audio clock that this frame shows
+    alpha: float  # talking weight (0: idle face)
+    inferred: bool  # whether the engine ran for this frame
+
+
+class FrameRenderer:
+    """Owned by one frame thread. `set_portrait`, `set_idle` and assigning `lipsync` may be called between
+    frames (to switch photo, idle motion or engine)."""
+
+    def __init__(self, lipsync: LipSync, portrait: Portrait, fmt: OutputFormat, clock: FrameClock,
+                 idle: IdleSettings | None = None):
+        self._lipsync = lipsync
+        self.clock = clock
+        self.gate = VoiceGate(fps=clock.fps)
+        self.idle_settings = idle if idle is not None else IdleSettings()
+        self.set_portrait(portrait, fmt)
+
+    @property
+    def lipsync(self) -> LipSync:
+        return self._lipsync
+
+    @lipsync.setter
+    def lipsync(self, engine: LipSync) -> None:
+        """Switch engine; it must already have been given the current face (`set_face`)."""
+        self._lipsync = engine
+        self._bind_painter()
+
+    def set_portrait(self, portrait: Portrait, fmt: OutputFormat | None = None) -> None:
+        self.compositor = Compositor(portrait, fmt or self.compositor.fmt)
+        self._lipsync.set_face(portrait)
+        self._bind_painter()
+        self.set_idle(self.idle_settings)
+
+    def set_idle(self, settings: IdleSettings) -> None:
+        self.idle_settings = settings
+        c = self.compositor
+        self.idle = IdleMotion(c.canvas.shape, c.layout, settings, self.clock.fps) if settings.any else None
+
+    def _bind_painter(self) -> None:
+        maker = getattr(self._lipsync, "canvas_painter", None)
+        c = self.compositor
+        self._painter = maker(c.canvas_unmirrored(), c.layout) if maker is not None else None
+
+    @property
+    def idle_frame(self) -> np.ndarray:
+        """The photo as it is, with no motion (what a frame with nothing to draw shows)."""
+        return self.compositor.idle_frame
+
+    @property
+    def face_region(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the output that the engine may change in talking frames."""
+        if self._painter is not None:
+            return self.compositor.output_region(self._painter.region)
+        return self.compositor.blend_region
+
+    @property
+    def idle_region(self) -> tuple[int, int, int, int] | None:
+        """(x0, y0, x1, y1) of the output that idle motion may change, in any frame; None when it is off."""
+        return self.compositor.output_region(self.idle.region) if self.idle is not None else None
+
+    def idle_at(self, index: int) -> np.ndarray:
+        """Frame `index` with nobody talking."""
+        return self._draw(index, None, 0.0)
+
+    def _engine(self, mels: np.ndarray) -> np.ndarray:
+        """Talking frames' mel windows (B,1,80,16), in frame order -> what `_draw` takes per frame."""
+        if self._painter is not None:
+            return self._lipsync.mouth_shapes(mels)
+        return self._lipsync.lower_faces(mels)
+
+    def _draw(self, index: int, mouth: np.ndarray | None, alpha: float) -> np.ndarray:
+        c = self.compositor
+        if self.idle is None and (mouth is None or alpha <= 0.0):
+            return c.idle_frame.copy()
+        out = c.start()
+        if mouth is not None and alpha > 0.0:
+            if self._painter is not None:
+                # A drawn mouth fades by closing, not by cross-fading two mouths (which would show both).
+                self._painter.paint(out, float(mouth[0]) * alpha, float(mouth[1]) * alpha)
+            else:
+                c.paste(out, mouth, alpha)
+        if self.idle is not None:
+            self.idle.apply(out, index)
+        return c.finish(out)
+
+    def render(self, index: int, mel_win: np.ndarray, audio: np.ndarray, paused: bool = False) -> tuple[np.ndarray, FrameInfo]:
+        """One frame from its mel window (80,16) and the audio that window covers."""
+        alpha = self.gate.update(audio)
+        info = FrameInfo(index, self.clock.audio_time(index), 0.0 if paused else alpha, False)
+        if paused:  # Pause freezes the picture on the still photo: no mouth, no blinks
+            return self.compositor.idle_frame.copy(), info
+        if info.alpha <= 0.0:
+            return self._draw(index, None, 0.0), info
+        mouth = self._engine(mel_win[None, None])[0]
+        info.inferred = True
+        return self._draw(index, mouth, info.alpha), info
+
+    def render_clip(self, mel: np.ndarray, audio: np.ndarray, batch: int = 8):
+        """Offline: yield (frame, info) for every frame of a whole clip, batching inference for speed.
+
+        Gate decisions are made in frame order first, exactly as live; only the engine calls are batched.
+        """
+        n = self.clock.frame_count(len(audio) / 16000)
+        for first in range(0, n, batch):
+            infos, mels = [], []
+            for k in range(first, min(first + batch, n)):
+                a, b = self.clock.audio_span(k)
+                alpha = self.gate.update(audio[max(a, 0) : max(b, 0)])
+                infos.append(FrameInfo(k, self.clock.audio_time(k), alpha, alpha > 0))
+                if alpha > 0:
+                    mels.append(mel_window(mel, self.clock.mel_start(k)))
+            mouths = self._engine(np.stack(mels)[:, None]) if mels else None
+            j = 0
+            for info in infos:
+                if info.inferred:
+                    yield self._draw(info.index, mouths[j], info.alpha), info
+                    j += 1
+                else:
+                    yield self._draw(info.index, None, 0.0), info

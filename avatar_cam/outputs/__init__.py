@@ -1,0 +1,1 @@
+"""Where frames go: the virtual camera, the preview window, the mp4 recorder."""

@@ -1,0 +1,1 @@
+"""The tray icon: backends, menu, the app, and "Start at login"."""
