@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .synthetic_speech import Phone, Speech
-from .visemes import SHAPES
+from avatar_cam.lipsync.synthetic_speech import Phone, Speech
+from avatar_cam.lipsync.visemes import SHAPES
 
 REST, CLOSED, LIP_TEETH, ROUNDED, OPEN, MID, SPREAD = (SHAPES.index(s) for s in
                                                       ("rest", "closed", "lip_teeth", "rounded", "open", "mid", "spread"))

@@ -121,7 +121,36 @@ def espeak_speech(text: str, voice: str = "en-us", rate: int = 175, pitch: int =
         start, stop = sample / sr, min(nxt[0] / sr, end)
         if stop > start:
             phones.append(Phone(sym, start, stop))
-    return Speech(_to_16k(audio, sr), phones, "espeak", f"espeak-ng {voice} rate {rate} pitch {pitch}")
+    audio = _to_16k(audio, sr)
+    return Speech(audio, _closures_to_stops(audio, phones), "espeak", f"espeak-ng {voice} rate {rate} pitch {pitch}")
+
+
+_STOPS = {"p", "b", "t", "d", "k", "g", "tS", "dZ"}
+
+
+def _closures_to_stops(audio: np.ndarray, phones: list[Phone]) -> list[Phone]:
+    """espeak-ng's phoneme event for a stop comes at its release: the silent closure before it is reported
+    as the end of the phoneme before. Give that silence (5 ms frames 35 dB under the loudest, up to 150 ms
+    back) to the stop, where it belongs (lips shut for p and b)."""
+    hop = SAMPLE_RATE // 200
+    n = len(audio) // hop
+    if n == 0:
+        return phones
+    db = 10 * np.log10(np.mean(audio[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1) + 1e-12)
+    quiet = db < db.max() - 35.0
+    out = list(phones)
+    for i in range(1, len(out)):
+        prev, cur = out[i - 1], out[i]
+        if cur.symbol not in _STOPS or prev.symbol.startswith("_"):
+            continue
+        k = int(cur.start * 200)
+        j = k
+        while j > 0 and k - j < 30 and quiet[j - 1] and (j - 1) / 200 > prev.start + 0.02:
+            j -= 1
+        if j < k:
+            out[i - 1] = Phone(prev.symbol, prev.start, j / 200)
+            out[i] = Phone(cur.symbol, j / 200, cur.end)
+    return out
 
 
 # --- flite and festival: other synthesizers, other phone sets (CMU) ----------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar_cam.lipsync.viseme_eval import HELD_OUT_VOICES, estimator_closed, frames_of, held_out_speech, score
+from avatar_cam.bench.visemes import HELD_OUT_VOICES, estimator_closed, frames_of, held_out_speech, score
 from avatar_cam.lipsync.visemes import WEIGHTS, VisemeEstimator
 
 

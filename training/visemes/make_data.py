@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar_cam.audio.mel import melspectrogram
 from avatar_cam.lipsync.phonemes import segments, unmapped
 from avatar_cam.lipsync.synthetic_speech import espeak_speech
-from avatar_cam.mel import melspectrogram
 
 HERE = Path(__file__).resolve().parent
 LANGS = ["en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc", "en-gb-x-rp"]

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
         net.eval()
         with torch.no_grad():
             pred = net(prep(val_x)).argmax(1).numpy()
