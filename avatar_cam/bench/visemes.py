@@ -6,7 +6,8 @@ espeak-ng only). Each clip is drawn by the product's own renderer (the astronaut
 included); per frame the true shape comes from `lipsync.phonemes`. The numbers (issue 15):
 - frame accuracy: the estimator's most likely shape is the true one (all frames, speech frames, per shape);
 - closure recall: frames inside m/b/p whose drawn mouth is closed (lip gap under a tenth of its widest);
-  false closures: frames inside vowels (not coarticulated consonants, not glides) whose drawn mouth is closed;
+  false closures: frames inside open vowels (a-like; not coarticulated consonants) whose drawn mouth is closed
+  (and, stricter, closed in any vowel);
 - rounded vs spread: among frames whose true shape is rounded or spread, the share where the estimator
   finds the rounder of the two correctly;
 - the Lite engine's ms per frame at 1280x720 (its mouth shapes, including the estimator, and its drawing).
@@ -24,7 +25,7 @@ import numpy as np
 
 from avatar_cam.audio.mel import melspectrogram
 from avatar_cam.lipsync.lite import LiteLipSync
-from avatar_cam.lipsync.phonemes import CLOSED, REST, ROUNDED, SPREAD, labels_at, segments
+from avatar_cam.lipsync.phonemes import CLOSED, OPEN, REST, ROUNDED, SPREAD, labels_at, segments
 from avatar_cam.lipsync.synthetic_speech import Speech, festival_speech, flite_speech
 from avatar_cam.lipsync.visemes import SHAPES, WEIGHTS, VisemeEstimator
 from avatar_cam.live.frame_clock import FrameClock
@@ -85,6 +86,7 @@ class Scores:
     speech_frame_accuracy: float
     closure_recall: float
     false_closures: float
+    closed_in_vowels: float
     rounded_vs_spread: float
     per_shape: dict[str, float] = field(default_factory=dict)
 
@@ -108,7 +110,8 @@ def score(probs: np.ndarray, closed: np.ndarray, clips: list[Frames]) -> Scores:
         frame_accuracy=float((pred == shape).mean()),
         speech_frame_accuracy=float((pred[speech] == shape[speech]).mean()),
         closure_recall=float(closed[bilabial].mean()),
-        false_closures=float(closed[vowel].mean()),
+        false_closures=float(closed[vowel & (shape == OPEN)].mean()),
+        closed_in_vowels=float(closed[vowel].mean()),
         rounded_vs_spread=float((rounder[rs] == shape[rs]).mean()),
         per_shape=per,
     )
@@ -211,7 +214,7 @@ def describe(r: dict) -> None:
     print(f"mouth shapes on {len(r['held_out_voices'])} held-out voices x {r['sentences']} sentences, {a['frames']} frames")
     print(f"  frame accuracy {a['frame_accuracy']:.1%} (speech frames {a['speech_frame_accuracy']:.1%})")
     print(f"  closure recall {a['closure_recall']:.1%}, false closures {a['false_closures']:.1%}, "
-          f"rounded vs spread {a['rounded_vs_spread']:.1%}")
+          f"(closed in any vowel {a['closed_in_vowels']:.1%}), rounded vs spread {a['rounded_vs_spread']:.1%}")
     print("  per shape: " + ", ".join(f"{k} {v:.0%}" for k, v in a["per_shape"].items()))
     for voice, s in r["per_voice"].items():
         print(f"  {voice}: accuracy {s['frame_accuracy']:.1%}, closure recall {s['closure_recall']:.1%}, "

@@ -7,8 +7,8 @@ Run (from the repository root, in the project's venv, after make_data.py):
 Input per example: exactly what the pipeline hands the lite engine for a frame at time t, the normalised
 80x16 Wav2Lip mel window starting at column floor(80 (t + 0.16)) - 16 (covering [t - 40 ms, t + 160 ms]),
 taken at every mel column of every utterance, labelled with the shape at t (avatar_cam.lipsync.phonemes).
-Augmentation on the fly: gain (a shift of the normalised mel), a shift of the spectrum by up to +-2 mel
-bands (other vocal tract lengths), +-1 column of time jitter between window and label.
+Augmentation on the fly: gain (a shift of the normalised mel), vocal tract length (every frequency scaled
+by 0.84..1.24: voices higher and lower than espeak-ng's), +-1 column of time jitter between window and label.
 Model: features (`visemes.features`, gain-independent) -> standardised -> MLP 1281-128-64-7 with ReLU and
 dropout, cross-entropy with label smoothing; coarticulated consonant frames weigh half. Seeded (torch,
 numpy), single-threaded-deterministic on CPU: the same data and seed give the same weights.
@@ -31,6 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_data import HELD_OUT, utterance  # noqa: E402
 
+from avatar_cam.audio.mel import FMAX, FMIN, hz_to_mel, mel_to_hz  # noqa: E402
 from avatar_cam.lipsync.phonemes import Segment, labels_at  # noqa: E402
 from avatar_cam.lipsync.visemes import SHAPES, WEIGHTS, features  # noqa: E402
 
@@ -76,21 +77,31 @@ class Windows:
         return x
 
 
+def _warps(factors: np.ndarray) -> np.ndarray:
+    """(len(factors), 80, 80): per factor a, the mel bands of a voice whose vocal tract is 1/a as long
+    (every frequency times a), by linear interpolation between the bands' centre frequencies."""
+    edges = mel_to_hz(np.linspace(hz_to_mel(FMIN), hz_to_mel(FMAX), 82))
+    centres = edges[1:-1]
+    out = np.zeros((len(factors), 80, 80), np.float32)
+    for n, a in enumerate(factors):
+        pos = np.interp(centres / a, centres, np.arange(80.0))  # source band (fractional) of each target band
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, 79)
+        w = pos - lo
+        out[n, np.arange(80), lo] += 1 - w
+        out[n, np.arange(80), hi] += w
+    return out
+
+
+WARP_FACTORS = np.linspace(0.84, 1.24, 11)
+WARPS = _warps(WARP_FACTORS)
+
+
 def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gain (a shift of the normalised mel) and vocal tract length (every frequency scaled by 0.84..1.24)."""
     b = len(x)
     x = np.clip(x + rng.uniform(-1.2, 0.5, (b, 1, 1)).astype(np.float32), -4, 4)
-    shift = rng.integers(-2, 3, b)
-    out = x.copy()
-    for s in (-2, -1, 1, 2):
-        sel = shift == s
-        if sel.any():
-            rolled = np.roll(x[sel], s, axis=1)
-            if s > 0:
-                rolled[:, :s] = x[sel][:, :1]
-            else:
-                rolled[:, s:] = x[sel][:, -1:]
-            out[sel] = rolled
-    return out
+    return np.einsum("bij,bjt->bit", WARPS[rng.integers(0, len(WARPS), b)], x, optimize=True)
 
 
 def held_out_set(n: int, seed: int):
