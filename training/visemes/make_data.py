@@ -11,7 +11,7 @@ background noise at 10-40 dB SNR, a random low-pass between 3.5 and 8 kHz as pho
 have, a random spectral tilt). Beside it the shape segments (start, end, shape, coarticulated) from
 `avatar_cam.lipsync.phonemes`. The same seed makes the same file. The data folder is git-ignored.
 Voices listed in HELD_OUT are never used here (they are for validation in train.py).
-Time here: about 2 minutes for 2400 utterances (2 vCPU, one process).
+Time here: 8-10 minutes for 2400 utterances (2 vCPU shared with other work, one process); 246 MB.
 """
 
 from __future__ import annotations
