@@ -36,8 +36,8 @@ SPREAD, ROUND = 0.10, 0.35  # mouth corners move out at width +1, in at width -1
 # Per shape (in SHAPES order): how open the lips are at full loudness, and how wide the mouth is.
 _OPEN = {"rest": 0.3, "closed": 0.0, "lip_teeth": 0.3, "rounded": 0.55, "open": 1.0, "mid": 0.8, "spread": 0.6}
 _WIDTH = {"rest": 0.0, "closed": 0.1, "lip_teeth": 0.2, "rounded": -1.0, "open": 0.1, "mid": 0.35, "spread": 1.0}
-CLOSE_AT = (0.3, 0.6)  # P(closed) where the lips start to close and where they are fully shut
-EASE = {"opening": 0.6, "closing": 0.75, "width": 0.5, "teeth": 0.6}  # per-frame step toward the target (30 fps)
+CLOSE_AT = (0.4, 0.7)  # P(closed) where the lips start to close and where they are fully shut
+EASE = {"opening": 0.6, "closing": 0.85, "width": 0.5, "teeth": 0.6}  # per-frame step toward the target (30 fps)
 
 
 def _smooth(t: np.ndarray) -> np.ndarray:

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--per-epoch", type=float, default=0.35, help="share of the windows each epoch sees (neighbours are alike)")
-    ap.add_argument("--closed-weight", type=float, default=2.0, help="extra weight of closed-lip frames")
+    ap.add_argument("--closed-weight", type=float, default=3.0, help="extra weight of closed-lip frames")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # deterministic reductions; and the machine is shared
