@@ -31,13 +31,13 @@ LEVELS = 17  # precomputed lip positions per lip, from pressed (-1) to wide open
 GAP = 0.42  # widest lip gap, as a fraction of the mouth's half-width (a wide "ah")
 UPPER_SHARE = 0.3  # of the gap, taken by the upper lip moving up (the rest is the jaw dropping)
 JAW = 0.8  # the chin drops this much of the lower lip's travel
-SPREAD, ROUND = 0.10, 0.35  # mouth corners move out at width +1, in at width -1 (of the half-width)
+SPREAD, ROUND = 0.10, 0.4  # mouth corners move out at width +1, in at width -1 (of the half-width)
 
 # Per shape (in SHAPES order): how open the lips are at full loudness, and how wide the mouth is.
 _OPEN = {"rest": 0.3, "closed": 0.0, "lip_teeth": 0.3, "rounded": 0.55, "open": 1.0, "mid": 0.8, "spread": 0.6}
 _WIDTH = {"rest": 0.0, "closed": 0.1, "lip_teeth": 0.2, "rounded": -1.0, "open": 0.1, "mid": 0.35, "spread": 1.0}
 CLOSE_AT = (0.4, 0.7)  # P(closed) where the lips start to close and where they are fully shut
-EASE = {"opening": 0.6, "closing": 0.85, "width": 0.5, "teeth": 0.6}  # per-frame step toward the target (30 fps)
+EASE = {"opening": 0.55, "closing": 0.85, "width": 0.5, "teeth": 0.6}  # per-frame step toward the target (30 fps)
 
 
 def _smooth(t: np.ndarray) -> np.ndarray:
