@@ -10,6 +10,8 @@ included); per frame the true shape comes from `lipsync.phonemes`. The numbers (
   (and, stricter, closed in any vowel);
 - rounded vs spread: among frames whose true shape is rounded or spread, the share where the estimator
   finds the rounder of the two correctly;
+- lips pressed: frames inside m/b/p where the lips are pressed together (closure >= 0.5: they cover teeth
+  the photo shows; a closed-mouth photo needs only the zero gap);
 - the Lite engine's ms per frame at 1280x720 (its mouth shapes, including the estimator, and its drawing).
 """
 
@@ -130,7 +132,7 @@ class _TimedLite(LiteLipSync):
 
     def __init__(self):
         super().__init__()
-        self.seconds, self.frames, self.last_opening = 0.0, 0, 0.0
+        self.seconds, self.frames, self.last_opening, self.last_closure = 0.0, 0, 0.0, 0.0
 
     def mouth_shapes(self, mels: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -143,23 +145,24 @@ class _TimedLite(LiteLipSync):
         painter = super().canvas_painter(canvas, layout)
         draw = painter.paint
 
-        def paint(img, opening, *rest):
+        def paint(img, opening, width=0.0, closure=0.0, teeth=0.0):
             t0 = time.perf_counter()
-            draw(img, opening, *rest)
+            draw(img, opening, width, closure, teeth)
             self.seconds += time.perf_counter() - t0
-            self.last_opening = opening
+            self.last_opening, self.last_closure = opening, closure
 
         painter.paint = paint
         return painter
 
-    def take_opening(self) -> float:
-        """The opening drawn since the last call (0: nothing drawn, the photo's closed mouth)."""
-        o, self.last_opening = self.last_opening, 0.0
-        return o
+    def take_drawn(self) -> tuple[float, float]:
+        """(opening, closure) drawn since the last call ((0, 0): nothing drawn, the photo as it is)."""
+        drawn = self.last_opening, self.last_closure
+        self.last_opening = self.last_closure = 0.0
+        return drawn
 
 
 def drawn_openings(clip: Frames, portrait, size: tuple[int, int] = (1280, 720)) -> tuple[np.ndarray, _TimedLite]:
-    """Render the clip with the product's renderer and the Lite engine; the opening drawn in every frame."""
+    """Render the clip with the product's renderer and the Lite engine; (opening, closure) drawn per frame."""
     from avatar_cam.live.assemble import Picture, build_renderer
     from avatar_cam.video.compositor import OutputFormat
     from avatar_cam.video.idle_motion import IdleSettings
@@ -168,7 +171,7 @@ def drawn_openings(clip: Frames, portrait, size: tuple[int, int] = (1280, 720)) 
     renderer = build_renderer(portrait, Picture(fmt=OutputFormat(*size), idle=IdleSettings.off()), lite)
     openings = []
     for _frame, _info in renderer.render_clip(melspectrogram(clip.audio), clip.audio):
-        openings.append(lite.take_opening())
+        openings.append(lite.take_drawn())
     return np.array(openings), lite
 
 
@@ -179,7 +182,7 @@ def visemes_bench(voices=HELD_OUT_VOICES, sentences: int = len(SENTENCES), photo
     with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp:
         portrait = load_portrait(bench_photo(photo, Path(tmp)))
     est = VisemeEstimator.load()
-    all_clips, all_probs, all_open, per_voice = [], [], [], {}
+    all_clips, all_probs, all_open, per_voice, bilabial = [], [], [], {}, []
     lite_s, lite_frames, est_s, est_frames = 0.0, 0, 0.0, 0
     for voice in voices:
         clips = [frames_of(s) for s in held_out_speech([voice], SENTENCES[:sentences])]
@@ -191,8 +194,9 @@ def visemes_bench(voices=HELD_OUT_VOICES, sentences: int = len(SENTENCES), photo
             est_s, est_frames = est_s + time.perf_counter() - t0, est_frames + len(c.mels)
             o, lite = drawn_openings(c, portrait)
             opens.append(o)
+            bilabial.append(o[c.shape == CLOSED, 1])
             lite_s, lite_frames = lite_s + lite.seconds, lite_frames + lite.frames
-        p, o = np.concatenate(probs), np.concatenate(opens)
+        p, o = np.concatenate(probs), np.concatenate(opens)[:, 0]
         per_voice[" ".join(voice)] = score(p, o < CLOSED_BELOW, clips).as_dict()
         all_clips += clips
         all_probs.append(p)
@@ -203,6 +207,7 @@ def visemes_bench(voices=HELD_OUT_VOICES, sentences: int = len(SENTENCES), photo
         "sentences": sentences,
         "all": score(p, o < CLOSED_BELOW, all_clips).as_dict(),
         "per_voice": per_voice,
+        "lips_pressed_in_mbp": round(float(np.mean(np.concatenate(bilabial) >= 0.5)), 4),
         "estimator_ms_per_frame": round(1000 * est_s / max(est_frames, 1), 3),
         "lite_ms_per_talking_frame_1280x720": round(1000 * lite_s / max(lite_frames, 1), 3),
         "model_bytes": WEIGHTS.stat().st_size,
@@ -215,6 +220,7 @@ def describe(r: dict) -> None:
     print(f"  frame accuracy {a['frame_accuracy']:.1%} (speech frames {a['speech_frame_accuracy']:.1%})")
     print(f"  closure recall {a['closure_recall']:.1%}, false closures {a['false_closures']:.1%}, "
           f"(closed in any vowel {a['closed_in_vowels']:.1%}), rounded vs spread {a['rounded_vs_spread']:.1%}")
+    print(f"  lips pressed together (covering teeth the photo shows) in {r['lips_pressed_in_mbp']:.1%} of m/b/p frames")
     print("  per shape: " + ", ".join(f"{k} {v:.0%}" for k, v in a["per_shape"].items()))
     for voice, s in r["per_voice"].items():
         print(f"  {voice}: accuracy {s['frame_accuracy']:.1%}, closure recall {s['closure_recall']:.1%}, "
