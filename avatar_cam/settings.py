@@ -27,6 +27,9 @@ else:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+PERFORMANCE_MODES = ("smooth", "balanced", "light")  # what each costs and gives: live/performance.py
+CHOICES = {"performance": PERFORMANCE_MODES, "fit": ("crop", "pad")}  # settings with a fixed set of values
+
 
 @dataclass
 class Settings:
@@ -44,6 +47,7 @@ class Settings:
     device: str = "CPU"  # OpenVINO device
     precision: str = "f32"
     lookahead_ms: float = 160.0
+    performance: str = "balanced"  # "smooth" | "balanced" | "light": how much of the machine lip-sync may take
     camera_on: bool = True  # whether the camera runs when the daemon starts
     start_at_login: bool = False
     preview: bool = False  # a window showing what the camera sends, while it runs
@@ -81,7 +85,7 @@ class Settings:
                 continue
             value = raw[f.name]
             default = getattr(settings, f.name)
-            if _fits(value, default, f.type):
+            if _fits(value, default, f.type) and value in CHOICES.get(f.name, (value,)):
                 setattr(settings, f.name, float(value) if isinstance(default, float) else value)
             else:
                 settings.notices.append(f"setting {f.name} = {value!r} is not valid; using {default!r}")

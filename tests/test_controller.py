@@ -90,6 +90,26 @@ def test_mirror_and_fit_apply_between_frames_and_only_size_reopens_the_camera(pu
     assert frames_after(cams.instances[1], time.monotonic())[0].shape == (360, 640, 3)
 
 
+def test_the_status_says_how_fast_the_lips_move_and_the_performance_mode_applies_live(
+        pulse_server, cams, controller, speech_wav):
+    ctl = controller(performance="light")
+    ctl.start()
+    player = pulse_server.play(speech_wav)
+    status = wait_for(lambda: (s := ctl.status()).mouth_hz and s, "the lips moving in the status")
+    # The Lite engine draws every talking frame's mouth, in every mode: lips at the camera's rate.
+    assert status.mouth_hz == pytest.approx(15.0, abs=1.5) and status.lips.startswith("lips at 15 Hz")
+    assert status.performance == "light" and "lips at" in status.line()
+    assert status.to_dict()["mouth_hz"] == status.mouth_hz  # what `ctl status --json` prints
+    cam = cams.instances[0]
+    ctl.update_settings(performance="smooth")  # no camera reopen
+    assert ctl.status().performance == "smooth" and ctl.settings.performance == "smooth"
+    assert len(cams.instances) == 1 and not cam.closed
+    with pytest.raises(AvatarCamError, match="unknown performance mode"):
+        ctl.update_settings(performance="turbo")
+    assert ctl.settings.performance == "smooth"
+    player.wait(30)
+
+
 def test_bad_settings_are_refused_before_anything_changes(pulse_server, cams, controller, tmp_path):
     ctl = controller()
     ctl.start()

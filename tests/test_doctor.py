@@ -15,6 +15,7 @@ import pytest
 from helpers import run_cli
 
 from avatar_cam import doctor
+from avatar_cam.cli.doctor import cmd_doctor
 
 NO_SOUND_SERVER = {"PULSE_SERVER": "unix:/nonexistent/avatar-cam-test/native"}
 HAS_LOOPBACK = Path("/sys/module/v4l2loopback").exists()
@@ -104,7 +105,7 @@ def test_a_check_that_raises_is_reported_not_crashed(monkeypatch: pytest.MonkeyP
     assert not checks["portaudio"].ok and "portaudio" in checks["portaudio"].fix  # an expected failure, with its fix
     assert not checks["microphone"].ok
 
-    code = doctor.cmd_doctor(argparse.Namespace(json=False))
+    code = cmd_doctor(argparse.Namespace(json=False))
     out = capsys.readouterr().out
     assert code == 1
     assert "!!  openvino" in out and "exploded" in out and "Traceback" not in out

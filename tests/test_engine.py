@@ -134,5 +134,5 @@ def test_the_readme_python_example_runs_as_written(random_checkpoint, tmp_path, 
     names: dict = {}
     exec(compile(example, "README.md", "exec"), names)  # noqa: S102 - the documented example itself
     assert names["out"].shape == (1, 3, 96, 96)
-    assert 0.0 <= names["out"].min() and names["out"].max() <= 1.0
+    assert names["out"].min() >= 0.0 and names["out"].max() <= 1.0
     assert names["m"].shape[0] == 80 and names["cols"].shape[0] == 80

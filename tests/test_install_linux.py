@@ -126,7 +126,7 @@ def test_autostart_entry_is_the_one_the_tray_toggle_writes(installed):
     assert entry.read_text() == autostart.desktop_entry([str(venv_python.with_name("avatar-cam"))])
     # The installed package's own toggle, run the way the tray would: finds the entry on, and writes nothing new.
     before = snapshot(entry.parent)
-    code = "from avatar_cam import autostart as a; print(a.is_enabled()); print(a.set_enabled(True))"
+    code = "from avatar_cam.tray import autostart as a; print(a.is_enabled()); print(a.set_enabled(True))"
     out = subprocess.run([str(venv_python), "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          env={**os.environ, "XDG_CONFIG_HOME": str(home / ".config")}).stdout
     assert out.splitlines() == ["True", str(entry)]

@@ -86,7 +86,7 @@ def test_microphone_to_virtual_camera(pulse_server, speech_wav, engine, astronau
         lvl = level_db(audio[max(a, 0) : max(b, 0)])
         if lvl < -70 and r.alpha == 0:
             silent.append(r.index)
-        elif lvl > -35 and r.alpha == 1.0:
+        elif lvl > -35 and r.alpha == 1.0 and r.inferred:  # (a frame at an onset may show no mouth yet)
             speaking.append(r.index)
     assert len(silent) > 20 and len(speaking) > 20
     # Silence shows the idle face exactly.
@@ -115,7 +115,7 @@ def test_live_run_over_a_file_equals_offline_render(engine, astronaut_png, speec
     ring = AudioRing(seconds=30)
     live_frames: dict[int, np.ndarray] = {}
     pipe = LivePipeline(make_renderer(engine, astronaut_png, clock), [], ring, clock,
-                        on_frame=lambda f, r: live_frames.__setitem__(r.index, f), skip_when_behind=False)
+                        on_frame=lambda f, r: live_frames.__setitem__(r.index, f), every_mouth=True)
     source = FileSource(audio, ring, realtime=False)
     runner = threading.Thread(target=pipe.run)
     runner.start()

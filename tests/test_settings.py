@@ -19,7 +19,7 @@ def every_field_changed() -> Settings:
         camera_backend="obs", camera_device="/dev/video10", width=640, height=480, fps=25.0, fit="pad", mirror=True,
         engine="lite", device="GPU", precision="f16", lookahead_ms=120.0, camera_on=False, start_at_login=True,
         virtual_mic=True, virtual_mic_offset_ms=35.5, idle_blinks=False, idle_head_motion=False, idle_breathing=False,
-        preview=True,
+        preview=True, performance="light",
     )
 
 
@@ -113,3 +113,11 @@ def test_a_failed_save_leaves_the_old_file_and_no_temp_file(monkeypatch):
         Settings(photo="/p/other.png").save()
     assert Settings.load().photo == "/p/me.png"
     assert [p.name for p in Settings.path().parent.iterdir()] == ["settings.toml"]
+
+
+def test_an_unknown_performance_mode_falls_back_to_balanced_and_says_so():
+    Settings.path().parent.mkdir(parents=True, exist_ok=True)
+    Settings.path().write_text('performance = "turbo"\nfit = "pad"\n')
+    loaded = Settings.load()
+    assert loaded.performance == "balanced" and loaded.fit == "pad"
+    assert any("performance" in n and "turbo" in n for n in loaded.notices)

@@ -381,7 +381,7 @@ def test_backend_choice_follows_the_desktop():
 def test_without_a_display_the_tray_says_why_and_what_still_works():
     # A fresh process: pystray and GTK decide about the display once, when first imported.
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYSTRAY_BACKEND")}
-    code = "from avatar_cam import tray; print(repr(backends.tray_available()))"
+    code = "from avatar_cam.tray import backends; print(repr(backends.tray_available()))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     ok, reason = eval(done.stdout)  # noqa: S307 - our own repr of (bool, str)

@@ -288,8 +288,8 @@ def test_windows_and_macos_find_a_virtual_cable_or_say_how_to_get_one(monkeypatc
 
 
 def test_without_a_sound_server_the_errors_say_what_to_do(monkeypatch, tmp_path):
+    from avatar_cam.bench.av_sync import av_sync_bench
     from avatar_cam.errors import AvatarCamError
-    from avatar_cam.vmic.playout import av_sync_bench
 
     monkeypatch.setenv("PULSE_SERVER", f"unix:{tmp_path}/no-server-here")
     with pytest.raises(VirtualMicError) as err:

@@ -120,8 +120,9 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
 
         def on_frame(frame, rec) -> None:
             vmic.observe_frame(frame, rec)
-            shown.append((rec.index, rec.audio_time, rec.inferred, rec.latency,
-                          rec.lateness))
+            # The audio time the lips show: the mouth's own (an earlier frame's when the machine is busy).
+            mouth_time = clock.audio_time(rec.mouth_index) if rec.mouth_index >= 0 else rec.audio_time
+            shown.append((rec.index, mouth_time, rec.inferred, rec.latency, rec.lateness))
 
         pipeline = LivePipeline(renderer, [camera], ring, clock, on_frame=on_frame)
         pipeline.pace = vmic.frame_due

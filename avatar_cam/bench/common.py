@@ -126,20 +126,21 @@ def bench_speech(explicit: Path | None, workdir: Path, seconds: float) -> Path:
 
 
 def bench_renderer(work: Path, engine: str = "wav2lip", photo: Path | None = None, checkpoint: Path | None = None,
-                   size: str = "1280x720", fps: float = 30.0):
+                   size: str = "1280x720", fps: float = 30.0, performance: str = "balanced"):
     """(renderer, clock, weights note) for a bench: the product's wiring (live/assemble.py), the engine loaded
     from the installed or seeded weights with its caches in `work`, and warmed up."""
     from avatar_cam.lipsync.lite import LiteLipSync
     from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
     from avatar_cam.live.assemble import Picture, build_renderer, load_portrait
     from avatar_cam.live.frame_clock import FrameClock
+    from avatar_cam.live.performance import performance as mode
     from avatar_cam.video.compositor import OutputFormat, parse_size
 
     if engine == "lite":
         lipsync, weights_note = LiteLipSync(), "lite engine (no model)"
     else:
         ckpt, weights_note = checkpoint_for_bench(checkpoint, work)
-        lipsync = Wav2LipLipSync.from_checkpoint(ckpt, cache_dir=work / "cache")
+        lipsync = Wav2LipLipSync.from_checkpoint(ckpt, cache_dir=work / "cache", threads=mode(performance).threads)
     w, h = parse_size(size)
-    picture = Picture(fmt=OutputFormat(w, h), clock=FrameClock(fps), engine=engine)
+    picture = Picture(fmt=OutputFormat(w, h), clock=FrameClock(fps), engine=engine, performance=performance)
     return build_renderer(load_portrait(bench_photo(photo, work)), picture, lipsync), picture.clock, weights_note

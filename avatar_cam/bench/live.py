@@ -5,6 +5,8 @@ CPU and memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import resource
 import tempfile
 import time
@@ -17,28 +19,53 @@ from avatar_cam.audio.ring import AudioRing
 from avatar_cam.audio.sources import FileSource
 from avatar_cam.bench.cameras import COUNTING_BACKEND, CountingCamera
 from avatar_cam.bench.common import ProcessCpu, answer, bench_renderer, bench_speech, picture_options, run_for
+from avatar_cam.bench.neighbour import Neighbour
+from avatar_cam.lipsync.registry import ENGINES
+from avatar_cam.live.performance import DEFAULT, MODES
+from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.pipeline import LivePipeline
 from avatar_cam.live.records import summarize
 from avatar_cam.outputs.camera import VirtualCameraSink
 
 
+def pin_to_cores(n: int) -> set[int]:
+    """Pin this process (every thread it has now, and so every thread they start) to its first `n` cores."""
+    cores = set(sorted(os.sched_getaffinity(0))[:n])
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cores)
+    return cores
+
+
 def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = None, checkpoint: Path | None = None,
-               size: str = "1280x720", fps: float = 30.0, engine: str = "wav2lip") -> dict:
+               size: str = "1280x720", fps: float = 30.0, engine: str = "wav2lip", performance: str = DEFAULT,
+               neighbour_pct: float = 0.0, cores: int | None = None) -> dict:
     pyvirtualcam.register_backend(COUNTING_BACKEND, CountingCamera)
+    pinned = pin_to_cores(cores) if cores else None  # before the engine starts its threads
     with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp:
         work = Path(tmp)
-        renderer, clock, weights_note = bench_renderer(work, engine, photo, checkpoint, size, fps)
+        renderer, clock, weights_note = bench_renderer(work, engine, photo, checkpoint, size, fps, performance)
         speech = bench_speech(audio, work, seconds)
         ring = AudioRing()
         camera = VirtualCameraSink(renderer.compositor.fmt.width, renderer.compositor.fmt.height, fps,
                                    backend=COUNTING_BACKEND)
-        pipeline = LivePipeline(renderer, [camera], ring, clock)
+        pipeline = LivePipeline(renderer, [camera], ring, clock, performance=performance_mode(performance))
         source = FileSource(speech, ring, realtime=True)
+        neighbour = Neighbour(neighbour_pct, pinned) if neighbour_pct > 0 else None
         cpu, t0 = ProcessCpu(), time.monotonic()
-        run_for(pipeline, source, seconds, cleanup=(camera.close,))
+        try:
+            run_for(pipeline, source, seconds, cleanup=(camera.close,))
+        finally:
+            theirs = neighbour.stop() if neighbour is not None else None
         cpu_pct, t1 = cpu.percent(), time.monotonic()
     result = summarize(pipeline.stats.records, fps)
+    if theirs is not None:
+        result.update({"neighbour_pct": neighbour_pct, "neighbour_late_pct": theirs["late_pct"],
+                       "neighbour_jobs": theirs["jobs"]})
     result.update({
+        "performance": performance,
+        "cores": len(pinned) if pinned else len(os.sched_getaffinity(0)),
+        "inference_ms_p50": pipeline.mouths.inference_ms() if pipeline.mouths is not None else None,
         "seconds": round(t1 - t0, 1),
         "size": size,
         "engine": renderer.lipsync.name,
@@ -52,13 +79,18 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
 
 def run(args: argparse.Namespace) -> int:
     return answer(args, live_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps,
-                                   args.engine), describe)
+                                   args.engine, args.performance, args.neighbour, args.cores), describe)
 
 
 def describe(r: dict) -> None:
-    print(f"live path, {r['seconds']} s at {r['size']}, {r['engine']} ({r['weights']})")
-    print(f"  fps {r['fps']}, late frames {r['late_frames_pct']}%, frames with inference {r['inferred_pct']}%")
+    print(f"live path, {r['seconds']} s at {r['size']}, {r['engine']} ({r['weights']}), {r['performance']}, "
+          f"{r['cores']} core(s)")
+    print(f"  camera {r['camera_fps']} fps, late frames {r['camera_late_pct']}%; lips {r['mouth_hz']} Hz while talking "
+          f"(inference {r['inference_ms_p50']} ms), talking frames {r['inferred_pct']}%")
     print(f"  mouth latency p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
+    if "neighbour_late_pct" in r:
+        print(f"  the neighbour (a call app needing {r['neighbour_pct']}% of a core at 30 Hz): "
+              f"{r['neighbour_late_pct']}% of its {r['neighbour_jobs']} jobs late")
     print(f"  CPU {r['cpu_pct']}% of one core, RSS {r['rss_mb']} MB (peak {r['peak_rss_mb']} MB)")
 
 
@@ -66,5 +98,10 @@ def register(kinds: argparse._SubParsersAction) -> None:
     live = kinds.add_parser("live", parents=[picture_options()],
                             help="the live path in real time: fps, late frames, mouth latency, CPU, memory")
     live.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
-    live.add_argument("--engine", choices=("wav2lip", "lite"), default="wav2lip")
+    live.add_argument("--engine", choices=ENGINES, default="wav2lip")
+    live.add_argument("--performance", choices=tuple(MODES), default=DEFAULT, help=f"performance mode (default {DEFAULT})")
+    live.add_argument("--neighbour", type=float, default=0.0, metavar="PCT",
+                      help="beside a process of ours that needs PCT%% of one core in 30 Hz bursts (a call app), which "
+                           "reports its own late jobs")
+    live.add_argument("--cores", type=int, default=None, metavar="N", help="pin the run (and the neighbour) to N cores")
     live.set_defaults(func=run)

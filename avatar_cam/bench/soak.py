@@ -5,8 +5,8 @@ ring as a microphone would, through the real pipeline into a counting camera. Wh
 measured while it runs, in bounded memory (the pipeline's own record list is bounded and trimmed, so it
 cannot be the source of truth for an hours-long run):
 
-- `fps`, `late_frames_pct`: as in `bench live` (late = left more than a frame period after its audio was
-  ready, or skipped);
+- `fps`, `late_frames_pct`: as in `bench live` (late = left more than a frame period after its slot, or
+  never);
 - `latency_ms_p95_start` / `_end`: mouth latency (sound captured -> frame out) over the first and last 10 %;
 - `av_drift_ms`: median latency of the last 10 % minus that of the first 10 %: how far picture and sound
   drifted apart over the call;
@@ -76,7 +76,7 @@ class SoakMeter:
         if self.last_index is not None:
             self.skipped += max(0, rec.index - self.last_index - 1)
         self.last_index = rec.index
-        if now - rec.ready > 1.0 / self.fps:
+        if rec.late > 1.0 / self.fps:
             self.late += 1
         if rec.latency is not None:
             t = now - self.t0

@@ -1,4 +1,4 @@
-"""`avatar-cam ctl ...`: drive the running daemon from scripts and keyboard shortcuts (through control.py)."""
+"""`avatar-cam ctl ...`: drive the running daemon from scripts and keyboard shortcuts (through daemon/control_client.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from avatar_cam.daemon import control_server as control
+from avatar_cam.daemon import control_client
 
 # Starting the camera loads the photo and the engine (seconds on a slow CPU); the rest answer at once, but
 # a command arriving during a start waits for it.
@@ -41,7 +41,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         arg = str(args.path.expanduser().absolute())  # the daemon does not share our working directory
     elif action == "mic":
         arg = args.name
-    response = control.send(action, arg, timeout=TIMEOUT_S.get(action, DEFAULT_TIMEOUT_S))
+    response = control_client.send(action, arg, timeout=TIMEOUT_S.get(action, DEFAULT_TIMEOUT_S))
     status = response.get("status") or {}
     if getattr(args, "json", False):
         print(json.dumps(status, indent=2))
@@ -60,8 +60,9 @@ def status_line(status: dict) -> str:
         return f"Error: {status.get('error')}"
     if state == "stopped":
         return "Camera off"
-    lat = status.get("latency_ms_p95")
-    return f"{state.capitalize()}: {status.get('fps', 0):.0f} fps" + (f", {lat:.0f} ms" if lat is not None else "")
+    lat, lips = status.get("latency_ms_p95"), status.get("lips")
+    return (f"{state.capitalize()}: {status.get('fps', 0):.0f} fps" + (f", {lat:.0f} ms" if lat is not None else "")
+            + (f", {lips}" if lips else ""))
 
 
 def describe(status: dict) -> str:
@@ -72,6 +73,7 @@ def describe(status: dict) -> str:
         lines.append(f"  {label + ':':<13}{value if value is not None else '(default)' if key == 'mic' else '-'}")
     lines.append(f"  {'virtual mic:':<13}{virtual_mic_line(status.get('virtual_mic'))}")
     lines.append(f"  {'preview:':<13}{'on' if status.get('preview') else 'off'}")
+    lines.append(f"  {'performance:':<13}{status.get('performance', '-')}")
     return "\n".join(lines)
 
 

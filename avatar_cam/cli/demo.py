@@ -88,14 +88,18 @@ def _demo_photo(explicit: Path | None, workdir: Path) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from avatar_cam.cli.render import FPS_DEFAULT, render_video
+    from avatar_cam.cli.render import FPS_DEFAULT
+    from avatar_cam.lipsync.registry import make_lipsync
     from avatar_cam.live.assemble import Picture, build_renderer, load_portrait
     from avatar_cam.live.frame_clock import FrameClock
+    from avatar_cam.offline.render import render_video
 
     with tempfile.TemporaryDirectory(prefix="avatar-cam-demo-") as tmp:
         work = Path(tmp)
         photo, audio = _demo_photo(args.photo, work), _demo_audio(args.audio, work)
-        renderer = build_renderer(load_portrait(photo), Picture(clock=FrameClock(FPS_DEFAULT)))
+        picture = Picture(clock=FrameClock(FPS_DEFAULT))
+        lipsync = make_lipsync(picture.engine, picture.device, picture.precision)  # every core: an offline render
+        renderer = build_renderer(load_portrait(photo), picture, lipsync)
         print(render_video(renderer, audio, args.output))
     print(f"open {args.output} to watch it; `avatar-cam run --photo YOUR_PHOTO` does this live into the Avatar Cam camera")
     return 0

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from avatar_cam.errors import AvatarCamError
-from avatar_cam.lipsync.registry import ENGINES
+from avatar_cam.lipsync.registry import ENGINES, make_lipsync
 from avatar_cam.live.assemble import Picture, build_renderer, load_portrait
 from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.performance import DEFAULT, MODES
 from avatar_cam.video.compositor import OutputFormat, parse_size
 from avatar_cam.video.idle_motion import IdleSettings
 
@@ -28,6 +29,9 @@ def add_picture_options(p: argparse.ArgumentParser, photo_required: bool) -> Non
     p.add_argument("--mirror", action="store_true", help="mirror the picture horizontally")
     p.add_argument("--lookahead-ms", type=float, default=160.0, help="audio lookahead per frame (default 160, as in training)")
     p.add_argument("--idle", choices=["on", "off"], default="on", help="blinks, head motion and breathing (default on)")
+    p.add_argument("--performance", choices=tuple(MODES), default=DEFAULT,
+                   help="how much of the machine lip-sync may take: " + "; ".join(f"{m.name}: {m.summary}" for m in MODES.values())
+                   + f" (default {DEFAULT})")
 
 
 def picture_from_args(args: argparse.Namespace, fps_default: float) -> Picture:
@@ -39,13 +43,16 @@ def picture_from_args(args: argparse.Namespace, fps_default: float) -> Picture:
         raise AvatarCamError(str(exc)) from None
     # An engine the user named must run; by default Wav2Lip falls back to lite (and says so) without weights.
     return Picture(fmt=fmt, clock=clock, engine=args.engine or "wav2lip", device=args.device, precision=args.precision,
-                   idle=IdleSettings() if args.idle == "on" else IdleSettings.off(), fallback=args.engine is None)
+                   idle=IdleSettings() if args.idle == "on" else IdleSettings.off(), fallback=args.engine is None,
+                   performance=args.performance)
 
 
-def renderer_from_args(args: argparse.Namespace, fps_default: float):
-    """(renderer, picture) for the photo and picture options of `args`; notes about the photo go to stderr."""
+def renderer_from_args(args: argparse.Namespace, fps_default: float, whole_machine: bool = False):
+    """(renderer, picture) for the photo and picture options of `args`; notes about the photo go to stderr.
+    `whole_machine`: the engine may use every core (an offline render), whatever the performance mode says."""
     picture = picture_from_args(args, fps_default)
     portrait = load_portrait(args.photo, args.face_box)
     for note in portrait.notes:
         print(f"note: {note}", file=sys.stderr)
-    return build_renderer(portrait, picture), picture
+    lipsync = make_lipsync(picture.engine, picture.device, picture.precision, picture.fallback) if whole_machine else None
+    return build_renderer(portrait, picture, lipsync), picture

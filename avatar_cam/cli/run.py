@@ -12,6 +12,7 @@ from pathlib import Path
 
 from avatar_cam.cli.picture_options import add_picture_options, renderer_from_args
 from avatar_cam.errors import AvatarCamError
+from avatar_cam.live.performance import performance
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         recorder = Mp4Recorder(args.record, fmt.width, fmt.height, clock.fps) if args.record else None
         if recorder:
             sinks.append(recorder)
-        pipeline = LivePipeline(renderer, sinks, ring, clock, audio_taps=[recorder.write_audio] if recorder else [])
+        pipeline = LivePipeline(renderer, sinks, ring, clock, audio_taps=[recorder.write_audio] if recorder else [],
+                                performance=performance(picture.performance))
         _stop_on_signals(pipeline)
         if args.virtual_mic:
             vmic = _start_virtual_mic(ring, clock, args.mic_offset_ms)

@@ -23,13 +23,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from avatar_cam.daemon.changes import prepare_changes
 from avatar_cam.daemon.extras import Extras
 from avatar_cam.daemon.mic_watch import MicrophoneWatch
 from avatar_cam.daemon.photos import copy_into_library, current_photo
-from avatar_cam.daemon.status import Status, recent_figures
+from avatar_cam.daemon.status import Status, lips_text, mouth_rate, recent_figures
 from avatar_cam.errors import AvatarCamError, UnknownCameraBackendError
-from avatar_cam.lipsync.registry import check_engine_name, make_lipsync
 from avatar_cam.live.assemble import build_renderer, load_portrait, picture_from_settings
+from avatar_cam.live.performance import performance
 from avatar_cam.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,12 @@ class Controller(MicrophoneWatch, Extras):
         with self._lock:
             fps, p95, state = 0.0, None, "stopped"
             pipeline = self._pipeline
+            mouth_hz = target_hz = None
             if pipeline is not None:
                 fps, p95, talking = recent_figures(pipeline.stats.records)
+                mouth_hz = mouth_rate(pipeline.stats.records, pipeline.clock.fps)
+                mouths = pipeline.mouths
+                target_hz = mouths.target_hz() if mouths is not None and not self._renderer.draws_inline else None
                 state = "paused" if pipeline.paused else "live" if talking else "silent"
             error = self.error or self._camera_fault() or self._mic_fault or self._extras_problem()
             if error:
@@ -118,6 +123,9 @@ class Controller(MicrophoneWatch, Extras):
                 error=error,
                 preview=self._preview is not None,
                 virtual_mic=self._vmic_status(),
+                mouth_hz=round(mouth_hz, 1) if mouth_hz is not None else None,
+                performance=self.settings.performance,
+                lips=lips_text(mouth_hz, target_hz),
             )
 
     # --- commands --------------------------------------------------------------------------------
@@ -157,7 +165,8 @@ class Controller(MicrophoneWatch, Extras):
                 return self._fail_start(exc)
             ring = AudioRing()
             self._renderer, self._camera, self._ring = renderer, camera, ring
-            self._pipeline = LivePipeline(renderer, [camera, *self._extra_sinks], ring, clock)
+            self._pipeline = LivePipeline(renderer, [camera, *self._extra_sinks], ring, clock,
+                                          performance=performance(self.settings.performance))
             self._thread = threading.Thread(target=self._run_pipeline, name="frames", daemon=True)
             self._thread.start()
             self.error, self._mic_fault, self._extras_fault = photo_note, None, {}
@@ -278,7 +287,7 @@ class Controller(MicrophoneWatch, Extras):
         wanted = dataclasses.replace(self.settings, **changes)
         if "photo" in changes and "face_box" not in changes:
             wanted.face_box = None  # a box drawn on another photo
-        live = self._prepare_live(changes, wanted)  # raises before anything changes
+        live = prepare_changes(self._renderer, self.settings, changes, wanted)  # raises before anything changes
         if changes.get("virtual_mic") and self.running:
             self._attach_vmic()  # raises, and nothing changed
         with self._lock:
@@ -312,44 +321,6 @@ class Controller(MicrophoneWatch, Extras):
             leftover, self._kept_vmic_devices = self._kept_vmic_devices, None
             if leftover is not None:  # the start failed before it took them
                 leftover.remove()
-
-    def _prepare_live(self, changes: dict, wanted: Settings) -> list[Callable]:
-        """Check the changed settings; return what applies them to a running pipeline between two frames,
-        as calls taking the pipeline, in order. Loads a new photo (always: that is how a photo is checked)
-        and, while running, a new engine."""
-        from avatar_cam.video.compositor import OutputFormat
-        from avatar_cam.video.idle_motion import IdleSettings
-        from avatar_cam.video.portrait import Portrait
-
-        live: list[Callable] = []
-        renderer = self._renderer
-        if changes.keys() & {"engine", "device", "precision"}:
-            check_engine_name(wanted.engine)
-            if renderer is not None:
-                lipsync = make_lipsync(wanted.engine, wanted.device, wanted.precision)
-
-                def swap_engine() -> None:
-                    lipsync.set_face(renderer.compositor.portrait)
-                    renderer.lipsync = lipsync
-
-                live.append(lambda pipeline: pipeline.call_between_frames(swap_engine))
-        if changes.keys() & {"photo", "face_box"}:
-            if not wanted.photo:
-                raise AvatarCamError("no photo given", hint="avatar-cam ctl photo PATH")
-            portrait = Portrait.load(Path(wanted.photo), face_box=tuple(wanted.face_box) if wanted.face_box else None)
-            live.append(lambda pipeline: pipeline.request_portrait(portrait))
-        if changes.keys() & {"fit", "mirror", "width", "height"}:
-            try:
-                fmt = OutputFormat(wanted.width, wanted.height, wanted.fit, wanted.mirror)
-            except ValueError as exc:
-                raise AvatarCamError(str(exc)) from None
-            if renderer is not None:
-                live.append(lambda pipeline: pipeline.call_between_frames(
-                    lambda: renderer.set_portrait(renderer.compositor.portrait, fmt)))
-        if changes.keys() & {"idle_blinks", "idle_head_motion", "idle_breathing"} and renderer is not None:
-            idle = IdleSettings(wanted.idle_blinks, wanted.idle_head_motion, wanted.idle_breathing)
-            live.append(lambda pipeline: pipeline.call_between_frames(lambda: renderer.set_idle(idle)))
-        return live
 
     # --- the watchdog: faults while running --------------------------------------------------------
     WATCH_S = 0.25  # how often the watchdog looks

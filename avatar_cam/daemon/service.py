@@ -69,8 +69,13 @@ class Daemon:
     # --- life ----------------------------------------------------------------------------------------
     def run(self) -> int:
         log.info("Avatar Cam %s daemon starting (pid %d, %s)", __version__, os.getpid(), "tray" if self.tray else "no tray")
-        self.server.start()
+        # Signals first: once the socket answers, a client may stop us with SIGTERM, and that must shut down cleanly.
         restore = self._handle_signals()
+        try:
+            self.server.start()
+        except BaseException:
+            restore()
+            raise
         try:
             if self.controller.settings.camera_on:
                 self._starter = threading.Thread(target=self._start_camera, name="camera-start", daemon=True)

@@ -21,6 +21,9 @@ class Status:
     error: str | None
     preview: bool = False  # the preview window is showing
     virtual_mic: dict | None = None  # None: off; else its state, what to pick in the call app, its delay
+    mouth_hz: float | None = None  # new mouths per second while talking (None: nobody talked lately)
+    performance: str = "balanced"  # the performance mode in use
+    lips: str | None = None  # what the mouth rate means, e.g. "lips at 12 Hz: the machine is busy"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,7 +35,26 @@ class Status:
         if self.state == "stopped":
             return "Camera off"
         lat = f", {self.latency_ms_p95:.0f} ms" if self.latency_ms_p95 is not None else ""
-        return f"{self.state.capitalize()}: {self.fps:.0f} fps{lat}"
+        lips = f", {self.lips}" if self.lips else ""
+        return f"{self.state.capitalize()}: {self.fps:.0f} fps{lat}{lips}"
+
+
+def lips_text(mouth_hz: float | None, target_hz: float | None) -> str | None:
+    """What the mouth rate means for the user: None in silence; a note when the machine holds it down."""
+    if mouth_hz is None:
+        return None
+    if target_hz and mouth_hz < 0.8 * target_hz:
+        return f"lips at {mouth_hz:.0f} Hz: the machine is busy"
+    return f"lips at {mouth_hz:.0f} Hz"
+
+
+def mouth_rate(records: list, fps: float, now: float | None = None, window_s: float = 3.0) -> float | None:
+    """New mouths per second of talking over the last `window_s` of `records` (None: too little talking)."""
+    now = time.monotonic() if now is None else now
+    talking = [r for r in records[-int(window_s * fps) - 5:] if now - r.emitted < window_s and r.inferred]
+    if len(talking) < fps / 2:
+        return None
+    return len({r.mouth_index for r in talking}) * fps / len(talking)
 
 
 def recent_figures(records: list, now: float | None = None) -> tuple[float, float | None, bool]:

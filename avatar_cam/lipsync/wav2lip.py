@@ -22,10 +22,11 @@ class Wav2LipLipSync:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "CPU", precision: str = "f32",
-                        cache_dir: str | Path | None = None) -> Wav2LipLipSync:
-        """The published checkpoint at `path`, compiled in the live camera's mouth-rows form."""
+                        cache_dir: str | Path | None = None, threads: int | None = None) -> Wav2LipLipSync:
+        """The published checkpoint at `path`, compiled in the live camera's mouth-rows form, with `threads`
+        OpenVINO CPU threads per inference (None: OpenVINO's default)."""
         return cls(Wav2LipEngine.from_checkpoint(path, device=device, precision=precision, cache_dir=cache_dir,
-                                                 first_row=MOUTH_FIRST_ROW))
+                                                 first_row=MOUTH_FIRST_ROW, threads=threads))
 
     def __init__(self, engine: Wav2LipEngine):
         self.engine = engine

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from avatar_cam.lipsync.registry import make_lipsync
 from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.performance import DEFAULT, performance
 from avatar_cam.live.renderer import FrameRenderer
 from avatar_cam.video.compositor import OutputFormat
 from avatar_cam.video.idle_motion import IdleSettings
@@ -28,6 +29,7 @@ class Picture:
     device: str = "CPU"
     precision: str = "f32"
     idle: IdleSettings = IdleSettings()
+    performance: str = DEFAULT  # how much of the machine lip-sync may take (performance.py)
     fallback: bool = True  # Wav2Lip without weights: the Lite engine (and a note) instead of an error
 
 
@@ -38,7 +40,8 @@ def load_portrait(photo: str | Path, face_box=None) -> Portrait:
 def build_renderer(portrait: Portrait, picture: Picture, lipsync=None) -> FrameRenderer:
     """A renderer for `portrait` as `picture` says; `lipsync` is an engine already loaded (else one is made)."""
     if lipsync is None:
-        lipsync = make_lipsync(picture.engine, picture.device, picture.precision, fallback=picture.fallback)
+        lipsync = make_lipsync(picture.engine, picture.device, picture.precision, fallback=picture.fallback,
+                               threads=performance(picture.performance).threads)
     return FrameRenderer(lipsync, portrait, picture.fmt, picture.clock, idle=picture.idle)
 
 
@@ -47,4 +50,4 @@ def picture_from_settings(s) -> Picture:
     fit or frame rate that cannot be."""
     return Picture(fmt=OutputFormat(s.width, s.height, s.fit, s.mirror), clock=FrameClock(s.fps, s.lookahead_ms / 1000.0),
                    engine=s.engine, device=s.device, precision=s.precision,
-                   idle=IdleSettings(s.idle_blinks, s.idle_head_motion, s.idle_breathing))
+                   idle=IdleSettings(s.idle_blinks, s.idle_head_motion, s.idle_breathing), performance=s.performance)

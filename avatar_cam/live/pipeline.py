@@ -1,16 +1,21 @@
 """The live pipeline: audio ring -> streaming mel -> frame renderer -> sinks, paced by the audio clock.
 
 Threads: the audio source's thread (PortAudio callback or file player) only writes the `AudioRing`. The frame
-thread (`LivePipeline.run`) owns everything else here: the streaming mel, the renderer and the sinks.
-Control (CLI, tray, socket) talks to the frame thread only through `request_*` methods, which take effect
-between two frames.
+thread (`LivePipeline.run`) owns everything else here: the streaming mel, the renderer and the sinks; the
+"mouths" thread (mouths.py) runs the Wav2Lip engine beside it. Control (CLI, tray, socket) talks to the frame
+thread only through `request_*` methods, which take effect between two frames.
 
-Frame k is drawn as soon as the audio it needs has arrived (see `FrameClock`), so frames follow the audio
-clock exactly and never drift from it. It leaves at once, or, when `pace` is set (the virtual microphone sets it),
-when the voice it shows plays: then the lips meet the voice to the millisecond, not to the frame. Paced frames
-wait on a sender thread, so the frame thread draws the next one meanwhile; the sinks are only ever used by one
-thread at a time (`_emit_lock`), and requests (`call_between_frames`) run while no frame is being sent. When no audio arrives (mic unplugged, stream stalled) the camera
-keeps showing the idle face on the wall clock, so the call app never sees a frozen or closed camera.
+The camera's cadence never depends on inference. Frame k's slot is the moment the audio it needs has arrived
+(see `FrameClock`) plus a short wait for its mouth (at most most of a frame period), so frames follow the audio
+clock exactly and never drift from it, and none is skipped. At its slot a frame shows the newest mouth there is:
+its own when the "mouths" thread kept up, an earlier one when the machine is busy (the mouth rate falls, not the
+frame rate). The Lite engine is cheap and draws its mouth on the frame thread, for every frame.
+A frame leaves at its slot, or, when `pace` is set (the virtual microphone sets it), when the voice it shows
+plays: then the lips meet the voice to the millisecond, not to the frame. Paced frames wait on a sender thread,
+so the frame thread draws the next one meanwhile; the sinks are only ever used by one thread at a time
+(`_emit_lock`), and requests (`call_between_frames`) run while no frame is being sent. When no audio arrives
+(mic unplugged, stream stalled) the camera keeps showing the idle face on the wall clock, so the call app never
+sees a frozen or closed camera.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import cv2
 import numpy as np
 
 from avatar_cam.audio.mel import StreamingMel
-from avatar_cam.audio.ring import AudioRing
+from avatar_cam.audio.ring import SAMPLE_RATE, AudioRing
 from avatar_cam.live.frame_clock import FrameClock
 from avatar_cam.live.mel_windows import MelColumns
+from avatar_cam.live.mouths import MouthWorker
+from avatar_cam.live.performance import Performance
+from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.records import FrameRecord, PipelineStats
 from avatar_cam.live.renderer import FrameRenderer
 from avatar_cam.video.portrait import Portrait
@@ -38,7 +46,8 @@ MAX_HOLD_S = 0.1  # pacing never holds a frame longer than this (a wrong clock m
 
 class LivePipeline:
     def __init__(self, renderer: FrameRenderer, sinks: list, ring: AudioRing, clock: FrameClock,
-                 on_frame=None, audio_taps: list | None = None, stall_s: float = 0.25, skip_when_behind: bool = True):
+                 on_frame=None, audio_taps: list | None = None, stall_s: float = 0.25, every_mouth: bool = False,
+                 performance: Performance | None = None):
         self.renderer = renderer
         self.sinks = sinks
         self.ring = ring
@@ -47,7 +56,11 @@ class LivePipeline:
         self.on_frame = on_frame  # optional callback(frame, record), called on the frame thread
         self.audio_taps = audio_taps or []  # callbacks(samples) given every 16 kHz block as the frame thread takes it
         self.stall_s = stall_s
-        self.skip_when_behind = skip_when_behind  # False: draw every frame even when behind (offline equivalence)
+        # True: every talking frame draws its own mouth on the frame thread, however long that takes (a live run
+        # that must equal an offline render); False: mouths are drawn off the frame thread (mouths.py).
+        self.every_mouth = every_mouth
+        self.performance = performance or performance_mode(None)
+        self.mouths: MouthWorker | None = None  # the frame thread's; replaced when the performance mode changes
         # pace(audio_time) -> monotonic time the frame showing it should leave (None: at once). Called on the
         # frame thread. Set by whoever plays the voice out, so each frame leaves with the sound it shows.
         self.pace = None
@@ -74,6 +87,17 @@ class LivePipeline:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def request_performance(self, mode: Performance) -> None:
+        """Use another performance mode from the next frame on (a new "mouths" thread, at the mode's priority)."""
+
+        def switch() -> None:
+            self.performance = mode
+            if self.mouths is not None:
+                self.mouths.stop()
+                self.mouths = None
+
+        self.call_between_frames(switch)
 
     def request_portrait(self, portrait: Portrait) -> None:
         """Switch the photo before the next frame, without touching the camera."""
@@ -187,6 +211,8 @@ class LivePipeline:
             self._draw_frames()
         finally:
             self._stop_sender()
+            if self.mouths is not None:
+                self.mouths.stop()
 
     def _draw_frames(self) -> None:
         clock, ring = self.clock, self.ring
@@ -204,17 +230,47 @@ class LivePipeline:
                 self.audio_stalled = False
             ready = ring.written_time(need - 1) or time.monotonic()
             self._pull_audio()
-            started = time.monotonic()
             a, b = clock.audio_span(k)
             audio = ring.read(max(a, 0), max(b, 0) - max(a, 0))
-            frame, info = self.renderer.render(k, self._cols.window(clock.mel_start(k)), audio, paused=self.paused)
-            heard = ring.arrival_time(round(info.audio_time * 16000))
-            rec = FrameRecord(k, info.audio_time, heard, ready, 0.0, info.alpha, info.inferred, time.monotonic(), started)
+            window = self._cols.window(clock.mel_start(k))
+            if self.every_mouth or self.renderer.draws_inline:
+                started = time.monotonic()
+                frame, info = self.renderer.render(k, window, audio, paused=self.paused)
+                rec = self._record(k, info, ready, ready, started, k if info.inferred else -1)
+            else:
+                frame, info, rec = self._draw_with_mouths(k, window, audio, ready)
             self._send(frame, rec)
             last_emit = time.monotonic()
             self.next_frame = k + 1
-            if self.skip_when_behind:
-                self._skip_if_behind()
+
+    def _draw_with_mouths(self, k: int, window: np.ndarray, audio: np.ndarray, ready: float):
+        """Frame k at its slot, with the newest mouth the "mouths" thread has drawn by then (see mouths.py)."""
+        renderer = self.renderer
+        if self.mouths is None:
+            self.mouths = MouthWorker(renderer, self.clock.fps, self.performance)
+            self.mouths.start()
+        info = renderer.gate_frame(k, audio, self.paused)
+        generation = renderer.generation
+        if info.alpha > 0:
+            self.mouths.request(k, info.audio_time, window, generation)
+        slot = ready + self.mouths.slot_wait_s()
+        wait = slot - time.monotonic()
+        if wait > 0:
+            self._stop.wait(wait)
+        started = time.monotonic()
+        mouth = self.mouths.best(k, generation) if info.alpha > 0 else None
+        frame = renderer.draw(k, mouth.pixels if mouth is not None else None, info.alpha, self.paused)
+        info.inferred = mouth is not None and not self.paused
+        return frame, info, self._record(k, info, ready, slot, started, mouth.index if info.inferred else -1)
+
+    def _record(self, k: int, info, ready: float, slot: float, started: float, mouth_index: int) -> FrameRecord:
+        ring = self.ring
+        heard = ring.arrival_time(round(info.audio_time * SAMPLE_RATE))
+        mouth_heard = None
+        if mouth_index >= 0:
+            mouth_heard = heard if mouth_index == k else ring.arrival_time(round(self.clock.audio_time(mouth_index) * SAMPLE_RATE))
+        return FrameRecord(k, info.audio_time, heard, ready, 0.0, info.alpha, info.inferred, time.monotonic(), started,
+                           slot, mouth_index, mouth_heard)
 
     def _due(self, audio_time: float) -> float | None:
         if self.pace is None:
@@ -225,22 +281,3 @@ class LivePipeline:
             log.exception("frame pacing failed; sending frames as soon as they are drawn")
             self.pace = None
             return None
-
-    def _skip_if_behind(self) -> None:
-        """If audio for two more frames is already waiting, we fell behind: drop to the newest frame.
-
-        Showing the newest mouth beats showing every mouth late. Skipped frames still pass through the
-        voice gate, so its state stays what it would have been. With pacing, audio waits on purpose while a
-        frame is held; a frame is behind only once it is a frame period past when it was due.
-        """
-        clock, k = self.clock, self.next_frame
-        while self.ring.total >= clock.samples_needed(k + 1):
-            due = self._due(clock.audio_time(k))
-            if due is not None and time.monotonic() < due + 1.0 / clock.fps:
-                break
-            a, b = clock.audio_span(k)
-            self.renderer.gate.update(self.ring.read(max(a, 0), max(b, 0) - max(a, 0)))
-            k += 1
-        if k != self.next_frame:
-            log.debug("fell behind: skipped %d frame(s)", k - self.next_frame)
-            self.next_frame = k

@@ -7,10 +7,13 @@ index and the engines' state only on the talking frames, in order).
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from avatar_cam.audio.ring import SAMPLE_RATE
 from avatar_cam.audio.voice_gate import VoiceGate
 from avatar_cam.lipsync.protocol import LipSync
 from avatar_cam.live.frame_clock import FrameClock
@@ -30,10 +33,16 @@ class FrameInfo:
 
 class FrameRenderer:
     """Owned by one frame thread. `set_portrait`, `set_idle` and assigning `lipsync` may be called between
-    frames (to switch photo, idle motion or engine)."""
+    frames (to switch photo, idle motion or engine).
+
+    The live pipeline may run the engine on another thread (`infer`, see mouths.py): `engine_lock` is held by
+    whoever runs the engine or gives it a face, and `generation` counts face and engine changes, so a mouth
+    drawn for the old face is never shown on the new one."""
 
     def __init__(self, lipsync: LipSync, portrait: Portrait, fmt: OutputFormat, clock: FrameClock,
                  idle: IdleSettings | None = None):
+        self.engine_lock = threading.Lock()
+        self.generation = 0
         self._lipsync = lipsync
         self.clock = clock
         self.gate = VoiceGate(fps=clock.fps)
@@ -47,14 +56,32 @@ class FrameRenderer:
     @lipsync.setter
     def lipsync(self, engine: LipSync) -> None:
         """Switch engine; it must already have been given the current face (`set_face`)."""
-        self._lipsync = engine
-        self._bind_painter()
+        with self.engine_lock:
+            self._lipsync = engine
+            self.generation += 1
+            self._bind_painter()
 
     def set_portrait(self, portrait: Portrait, fmt: OutputFormat | None = None) -> None:
-        self.compositor = Compositor(portrait, fmt or self.compositor.fmt)
-        self._lipsync.set_face(portrait)
-        self._bind_painter()
+        with self.engine_lock:
+            self.compositor = Compositor(portrait, fmt or self.compositor.fmt)
+            self._lipsync.set_face(portrait)
+            self.generation += 1
+            self._bind_painter()
         self.set_idle(self.idle_settings)
+
+    @property
+    def draws_inline(self) -> bool:
+        """Whether the engine is cheap and keeps state over talking frames in order (the Lite engine draws its
+        own mouth shapes on the canvas): then it runs on the frame thread, for every talking frame."""
+        return self._painter is not None
+
+    def infer(self, mels: np.ndarray, generation: int) -> np.ndarray | None:
+        """The engine's mouths for these mel windows, drawn for face/engine `generation`; None if that changed.
+        Any thread (the live pipeline's "mouths" thread)."""
+        with self.engine_lock:
+            if generation != self.generation:
+                return None
+            return self._engine(mels)
 
     def set_idle(self, settings: IdleSettings) -> None:
         self.idle_settings = settings
@@ -93,6 +120,17 @@ class FrameRenderer:
             return self._lipsync.mouth_shapes(mels)
         return self._lipsync.lower_faces(mels)
 
+    def gate_frame(self, index: int, audio: np.ndarray, paused: bool = False) -> FrameInfo:
+        """Frame `index`'s talking weight, from the audio its mel window covers (call for every frame, in order)."""
+        alpha = self.gate.update(audio)
+        return FrameInfo(index, self.clock.audio_time(index), 0.0 if paused else alpha, False)
+
+    def draw(self, index: int, mouth: np.ndarray | None, alpha: float, paused: bool = False) -> np.ndarray:
+        """Frame `index` with `mouth` (what the engine drew, or None) at talking weight `alpha`."""
+        if paused:  # Pause freezes the picture on the still photo: no mouth, no blinks
+            return self.compositor.idle_frame.copy()
+        return self._draw(index, mouth if alpha > 0.0 else None, alpha)
+
     def _draw(self, index: int, mouth: np.ndarray | None, alpha: float) -> np.ndarray:
         c = self.compositor
         if self.idle is None and (mouth is None or alpha <= 0.0):
@@ -110,35 +148,57 @@ class FrameRenderer:
 
     def render(self, index: int, mel_win: np.ndarray, audio: np.ndarray, paused: bool = False) -> tuple[np.ndarray, FrameInfo]:
         """One frame from its mel window (80,16) and the audio that window covers."""
-        alpha = self.gate.update(audio)
-        info = FrameInfo(index, self.clock.audio_time(index), 0.0 if paused else alpha, False)
+        info = self.gate_frame(index, audio, paused)
         if paused:  # Pause freezes the picture on the still photo: no mouth, no blinks
             return self.compositor.idle_frame.copy(), info
         if info.alpha <= 0.0:
             return self._draw(index, None, 0.0), info
-        mouth = self._engine(mel_win[None, None])[0]
+        with self.engine_lock:
+            mouth = self._engine(mel_win[None, None])[0]
         info.inferred = True
         return self._draw(index, mouth, info.alpha), info
 
     def render_clip(self, mel: np.ndarray, audio: np.ndarray, batch: int = 8):
-        """Offline: yield (frame, info) for every frame of a whole clip, batching inference for speed.
+        """Offline: yield (frame, info) for every frame of a whole clip, as fast as the machine allows.
 
-        Gate decisions are made in frame order first, exactly as live; only the engine calls are batched.
+        Gate decisions are made in frame order first, exactly as live; the engine runs on batches of talking
+        frames on a thread of its own ("render-mouths"), one batch ahead, while this thread draws (and the caller
+        encodes) the batch before: inference, compositing and encoding overlap.
         """
-        n = self.clock.frame_count(len(audio) / 16000)
-        for first in range(0, n, batch):
-            infos, mels = [], []
-            for k in range(first, min(first + batch, n)):
-                a, b = self.clock.audio_span(k)
-                alpha = self.gate.update(audio[max(a, 0) : max(b, 0)])
-                infos.append(FrameInfo(k, self.clock.audio_time(k), alpha, alpha > 0))
-                if alpha > 0:
-                    mels.append(mel_window(mel, self.clock.mel_start(k)))
-            mouths = self._engine(np.stack(mels)[:, None]) if mels else None
-            j = 0
-            for info in infos:
-                if info.inferred:
-                    yield self._draw(info.index, mouths[j], info.alpha), info
-                    j += 1
-                else:
-                    yield self._draw(info.index, None, 0.0), info
+        n = self.clock.frame_count(len(audio) / SAMPLE_RATE)
+
+        def batches():
+            for first in range(0, n, batch):
+                infos, mels = [], []
+                for k in range(first, min(first + batch, n)):
+                    a, b = self.clock.audio_span(k)
+                    alpha = self.gate.update(audio[max(a, 0) : max(b, 0)])
+                    infos.append(FrameInfo(k, self.clock.audio_time(k), alpha, alpha > 0))
+                    if alpha > 0:
+                        mels.append(mel_window(mel, self.clock.mel_start(k)))
+                yield infos, (np.stack(mels)[:, None] if mels else None)
+
+        def infer(mels):
+            if mels is None:
+                return None
+            with self.engine_lock:
+                return self._engine(mels)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-mouths") as pool:
+            pending = None
+            for infos, mels in batches():
+                ahead = (infos, pool.submit(infer, mels))
+                if pending is not None:
+                    yield from self._draw_batch(*pending)
+                pending = ahead
+            if pending is not None:
+                yield from self._draw_batch(*pending)
+
+    def _draw_batch(self, infos: list[FrameInfo], mouths_future):
+        mouths, j = mouths_future.result(), 0
+        for info in infos:
+            if info.inferred:
+                yield self._draw(info.index, mouths[j], info.alpha), info
+                j += 1
+            else:
+                yield self._draw(info.index, None, 0.0), info

@@ -38,6 +38,7 @@ from avatar_cam.tray.backends import (
     icon_image,
     load_backend,
     pick_backend,
+    set_status_label,
 )
 from avatar_cam.tray.desktop import (
     autostart_enabled,
@@ -47,6 +48,7 @@ from avatar_cam.tray.desktop import (
     photo_dialog_command,
 )
 from avatar_cam.tray.menu import MenuView, build_menu, shorten
+from avatar_cam.tray.notices import SlowLips
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class TrayApp:
         self._shown_icon = STATE_ICONS["stopped"]  # what the icon is created with, below
         self._shown_signature: tuple | None = None
         self._stop_requested = False
+        self._slow_lips = SlowLips()  # the watch thread's
         self._watch: threading.Thread | None = None
         self._mics: tuple[str, ...] = ()  # written by the devices thread only
         self._ov_devices: tuple[str, ...] = ("CPU", "AUTO")
@@ -347,12 +350,19 @@ class TrayApp:
         # Not the raw state: live <-> silent flips as the user talks, and changes only the status line.
         signature = (status.state == "paused", status.photo, status.mic, status.engine, status.device, self.controller.running,
                      self.view.photos, self.view.mics, self.view.ov_devices, self.view.autostart, self.view.preview,
-                     s.width, s.height, s.fps, s.mirror, s.engine, s.device, s.mic, s.photo, s.virtual_mic)
+                     s.width, s.height, s.fps, s.mirror, s.engine, s.device, s.mic, s.photo, s.virtual_mic,
+                     s.performance)
         if signature != self._shown_signature:
             self._shown_signature = signature
             self.icon.update_menu()
         elif self.view.line != old.line:
-            self._set_status_label(self.view.line)
+            set_status_label(self.icon, self.backend, self.view.line)
+        self._offer_lite(status)
+
+    def _offer_lite(self, status: Status) -> None:
+        message = self._slow_lips.check(status)
+        if message:
+            self._notify(message, f"{TITLE}: lips are slow")
 
     def _line(self, status: Status) -> str:
         if self._busy:
@@ -363,24 +373,6 @@ class TrayApp:
                 return shorten(f"Error: {message}")
             self._error = None
         return shorten(status.line())
-
-    def _set_status_label(self, text: str) -> None:
-        """Change only the status line. Rebuilding a GTK menu every second would close it under the user's
-        pointer (and make AppIndicator hosts flicker), so the label of the existing item is set in place."""
-        handle = getattr(self.icon, "_menu_handle", None)
-        if self.backend in ("gtk", "appindicator") and handle is not None:
-            from gi.repository import GLib
-
-            def set_label() -> bool:
-                children = handle.get_children()
-                if children:
-                    children[0].set_label(text)
-                return False
-
-            GLib.idle_add(set_label)
-        elif getattr(self.icon, "HAS_MENU", False):
-            self.icon.update_menu()
-
 
 
 def run_tray(controller: Controller, link=None) -> int:

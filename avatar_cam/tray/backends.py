@@ -141,3 +141,21 @@ def drain_gtk_events(budget_s: float = 1.0) -> None:
     display = Gdk.Display.get_default()
     if display is not None:
         display.flush()
+
+
+def set_status_label(icon, backend: str, text: str) -> None:
+    """Change only the status line. Rebuilding a GTK menu every second would close it under the user's
+    pointer (and make AppIndicator hosts flicker), so the label of the existing item is set in place."""
+    handle = getattr(icon, "_menu_handle", None)
+    if backend in ("gtk", "appindicator") and handle is not None:
+        from gi.repository import GLib
+
+        def set_label() -> bool:
+            children = handle.get_children()
+            if children:
+                children[0].set_label(text)
+            return False
+
+        GLib.idle_add(set_label)
+    elif getattr(icon, "HAS_MENU", False):
+        icon.update_menu()

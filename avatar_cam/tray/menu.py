@@ -12,6 +12,7 @@ from pathlib import Path
 
 from avatar_cam.daemon.status import Status
 from avatar_cam.lipsync.registry import REGISTRY
+from avatar_cam.live.performance import MODES
 
 RESOLUTIONS = ((1280, 720), (960, 540), (640, 360), (1920, 1080))
 FRAME_RATES = (15, 24, 25, 30)
@@ -75,6 +76,13 @@ def build_menu(app):
                        checked=lambda _it, f=fps: float(s.fps) == float(f), radio=True)
         yield Menu.SEPARATOR
         yield Item("Mirror", lambda: app.toggle_mirror(), checked=lambda _it: bool(s.mirror))
+        yield Menu.SEPARATOR
+        yield Item("Performance", Menu(performance_items))
+
+    def performance_items():
+        for mode in MODES.values():
+            yield Item(mode.label, act(app.controller.update_settings, performance=mode.name, busy=f"{mode.label}..."),
+                       checked=lambda _it, m=mode.name: s.performance == m, radio=True)
 
     def engine_items():
         for key, label in ((spec.name, spec.label) for spec in REGISTRY.values()):

@@ -54,6 +54,7 @@ class LoadReport:
     compile_s: float = 0.0
     device: str = ""
     precision: str = ""
+    threads: int | None = None  # OpenVINO CPU threads per inference (None: its default)
     notes: list[str] = field(default_factory=list)
 
 
@@ -181,11 +182,12 @@ class Wav2LipEngine:
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str = "CPU", precision: str = "f32", cache_dir: str | Path | None = None,
-        first_row: int = 0,
+        first_row: int = 0, threads: int | None = None,
     ) -> Wav2LipEngine:
         """Load a Wav2Lip checkpoint (`wav2lip.pth` / `wav2lip_gan.pth`), converting it once and caching the result.
 
-        `first_row`: 0 for the whole 96x96 face; `MOUTH_FIRST_ROW` for the live camera's mouth-rows form."""
+        `first_row`: 0 for the whole 96x96 face; `MOUTH_FIRST_ROW` for the live camera's mouth-rows form.
+        `threads`: OpenVINO's CPU threads per inference (None: its default, one per core)."""
         path = Path(path)
         cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
         core = _core(cache / "compiled")
@@ -198,7 +200,7 @@ class Wav2LipEngine:
         if all(x.exists() and x.with_suffix(".bin").exists() for x in xmls.values()):
             try:
                 return cls._compile(core, {p: str(x) for p, x in xmls.items()}, device, precision,
-                                    LoadReport(ir_cached=True), first_row)
+                                    LoadReport(ir_cached=True), first_row, threads)
             except EngineError as exc:
                 # A damaged IR or compiled-model cache must not stop the camera: drop both and convert again.
                 log.warning("%s; rebuilding it from the checkpoint", exc)
@@ -209,7 +211,7 @@ class Wav2LipEngine:
                 core = _core(cache / "compiled")
         report = LoadReport()
         models = _convert(path, parts, xmls, report)
-        engine = cls._compile(core, models, device, precision, report, first_row)
+        engine = cls._compile(core, models, device, precision, report, first_row, threads)
         del models
         _return_freed_memory()
         return engine
@@ -229,9 +231,11 @@ class Wav2LipEngine:
     @classmethod
     def _compile(
         cls, core: ov.Core, models: dict[str, ov.Model | str], device: str, precision: str, report: LoadReport,
-        first_row: int,
+        first_row: int, threads: int | None = None,
     ) -> Wav2LipEngine:
         config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None and device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
         if device != "AUTO":
             # OpenVINO would silently pick bf16 on CPUs that have it; that changes the picture visibly, so we ask.
             config["INFERENCE_PRECISION_HINT"] = precision
@@ -263,6 +267,7 @@ class Wav2LipEngine:
             report.device, report.precision, "cached" if report.ir_cached else "built", report.compile_s,
             "; " + "; ".join(report.notes) if report.notes else "",
         )
+        report.threads = threads
         return cls(compiled, report, first_row)
 
     def encode_face(self, face: np.ndarray) -> list[np.ndarray]:

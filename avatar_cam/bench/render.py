@@ -1,0 +1,78 @@
+"""`avatar-cam bench render`: an offline render (photo + speech -> mp4, as `avatar-cam render` does it) against the
+engine's own batch throughput measured in the same run: how much of the machine the render loop leaves unused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avatar_cam.audio.mel import melspectrogram
+from avatar_cam.audio.ring import SAMPLE_RATE
+from avatar_cam.audio.sources import load_audio
+from avatar_cam.bench.common import answer, bench_photo, bench_speech, checkpoint_for_bench, picture_options
+from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
+from avatar_cam.live.assemble import Picture, build_renderer, load_portrait
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.mel_windows import mel_window
+from avatar_cam.offline.render import render_video
+from avatar_cam.video.compositor import OutputFormat, parse_size
+
+BATCH = 8
+
+
+def engine_fps(lipsync, mel: np.ndarray, clock: FrameClock, seconds: float) -> float:
+    """Frames per second of the engine alone on batches of BATCH real mel windows."""
+    windows = np.stack([mel_window(mel, clock.mel_start(k)) for k in range(BATCH)])[:, None]
+    lipsync.lower_faces(windows)  # warm up
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or done < 3 * BATCH:
+        lipsync.lower_faces(windows)
+        done += BATCH
+    return done / (time.perf_counter() - t0)
+
+
+def render_bench(seconds: float = 10.0, photo: Path | None = None, audio: Path | None = None,
+                 checkpoint: Path | None = None, size: str = "1280x720", fps: float = 25.0) -> dict:
+    with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp:
+        work = Path(tmp)
+        ckpt, weights = checkpoint_for_bench(checkpoint, work)
+        lipsync = Wav2LipLipSync.from_checkpoint(ckpt, cache_dir=work / "cache")  # every core, as `render` runs it
+        w, h = parse_size(size)
+        picture = Picture(fmt=OutputFormat(w, h), clock=FrameClock(fps))
+        renderer = build_renderer(load_portrait(bench_photo(photo, work)), picture, lipsync)
+        speech = bench_speech(audio, work, seconds)
+        clip = load_audio(speech)[: round(seconds * SAMPLE_RATE)]
+        cut = work / "clip.wav"
+        import soundfile
+
+        soundfile.write(cut, clip, SAMPLE_RATE)
+        alone = engine_fps(lipsync, melspectrogram(clip), picture.clock, 3.0)
+        t0 = time.perf_counter()
+        render_video(renderer, cut, work / "out.mp4", progress=False)
+        took = time.perf_counter() - t0
+    frames = picture.clock.frame_count(seconds)
+    return {"seconds": seconds, "size": size, "fps": fps, "weights": weights, "frames": frames,
+            "render_fps": round(frames / took, 1), "realtime_x": round(seconds / took, 2),
+            "engine_batch_fps": round(alone, 1), "render_vs_engine": round(frames / took / alone, 2)}
+
+
+def describe(r: dict) -> None:
+    print(f"render: {r['seconds']} s of speech at {r['size']}, {r['fps']:g} fps ({r['weights']})")
+    print(f"  {r['render_fps']} frames/s = {r['realtime_x']}x real time; the engine alone (batch {BATCH}) "
+          f"{r['engine_batch_fps']} frames/s in the same run -> the render runs at {r['render_vs_engine']:.0%} of it")
+
+
+def run(args: argparse.Namespace) -> int:
+    return answer(args, render_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps), describe)
+
+
+def register(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("render", parents=[picture_options()],
+                         help="offline render speed against the engine's own batch throughput, same run")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the speech to render (default 10)")
+    p.set_defaults(func=run, fps=25.0)

@@ -1,0 +1,143 @@
+"""Mouths drawn off the frame thread, so the camera's cadence never depends on inference.
+
+The frame thread asks for the mouth of each talking frame the moment its audio is complete (`MouthWorker.request`)
+and, at the frame's slot, shows the newest mouth there is (`MouthWorker.best`). The "mouths" thread runs the
+engine on the newest request only: a request it had no time for is replaced by a newer one, so on a busy or slow
+machine the mouth rate falls while the camera's frames keep leaving on time, and it rises again by itself when
+the load falls. Within that, the user's performance mode caps the rate (and a CPU budget, measured per inference,
+caps it further), and the thread runs at the mode's nice value, so the call app beside us is not starved.
+
+Threads: `request`, `best`, `slot_wait_s` and the figures are called from the frame thread; `_run` is the
+"mouths" thread, the only one that runs the engine (under the renderer's `engine_lock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatar_cam.live.performance import Performance
+
+log = logging.getLogger(__name__)
+
+MAX_AGE_S = 0.3  # a mouth older than this (in audio time) is not shown: the face rests instead of freezing open
+
+
+@dataclass(frozen=True)
+class Mouth:
+    index: int  # the frame (on the audio clock) whose mel window drew it
+    audio_time: float
+    pixels: np.ndarray  # what the renderer's `draw` takes
+    generation: int  # the renderer's face/engine generation it was drawn for
+    done: float  # time.monotonic() it was ready
+
+
+class MouthWorker:
+    def __init__(self, renderer, fps: float, mode: Performance):
+        self.renderer, self.fps, self.mode = renderer, fps, mode
+        self._cond = threading.Condition()
+        self._job: tuple[int, float, np.ndarray, int] | None = None  # the newest request not yet taken
+        self._mouths: deque[Mouth] = deque(maxlen=16)
+        self._next_due = float("-inf")  # frame index from which the rate cap allows the next mouth
+        self._wall: deque[float] = deque(maxlen=30)  # seconds per inference, recent
+        self._cpu: deque[float] = deque(maxlen=30)  # CPU seconds per inference (this thread's), recent
+        self._done: deque[float] = deque(maxlen=256)  # when recent mouths were ready
+        self.requested = self.replaced = self.inferred = 0
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # --- life (the pipeline's run) ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mouths", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # --- the frame thread ----------------------------------------------------------------------------------
+    def request(self, index: int, audio_time: float, mel_window: np.ndarray, generation: int) -> None:
+        """Frame `index` is talking and its mel window is complete: draw its mouth if the rate allows."""
+        gap = self.fps / self.target_hz()
+        if index + 0.5 < self._next_due:
+            return  # the rate cap: this frame will show the previous mouth
+        self._next_due = max(self._next_due + gap, index + 0.5 * gap) if self._next_due > index - 2 * gap else index + gap
+        with self._cond:
+            if self._job is not None:
+                self.replaced += 1  # the thread is busy: the newer frame's mouth is worth more
+            self._job = (index, audio_time, mel_window, generation)
+            self.requested += 1
+            self._cond.notify()
+
+    def best(self, index: int, generation: int) -> Mouth | None:
+        """The newest mouth drawn for frame `index` or before it (never from its future), for the current face,
+        at most MAX_AGE_S old; None when there is none."""
+        oldest = index - MAX_AGE_S * self.fps
+        for mouth in reversed(self._mouths):
+            if mouth.generation == generation and oldest <= mouth.index <= index:
+                return mouth
+        return None
+
+    def slot_wait_s(self) -> float:
+        """How long after its audio is complete a frame leaves: time for its own mouth to be drawn (the recent
+        inferences' 90th percentile), never more than most of a frame period, so frames stay on the audio clock."""
+        if not self._wall:
+            return 0.5 / self.fps
+        return float(min(0.85 / self.fps, max(0.005, np.percentile(self._wall, 90) + 0.003)))
+
+    # --- figures (any thread; plain reads) ---------------------------------------------------------------
+    def target_hz(self) -> float:
+        """The mouth rate the mode and the CPU budget allow (the machine may allow less)."""
+        hz = min(self.fps, self.mode.max_mouth_hz or self.fps)
+        if self._cpu:
+            hz = min(hz, self.mode.cpu_budget / max(float(np.median(self._cpu)), 1e-4))
+        return max(hz, 1.0)
+
+    def mouth_hz(self, window_s: float = 2.0) -> float:
+        """New mouths per second over the last `window_s` (0 in silence)."""
+        now = time.monotonic()
+        recent = [t for t in list(self._done) if now - t <= window_s]
+        return len(recent) / window_s
+
+    def inference_ms(self) -> float | None:
+        return round(1000 * float(np.median(self._wall)), 1) if self._wall else None
+
+    # --- the "mouths" thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        if self.mode.nice and hasattr(os, "setpriority"):
+            with contextlib.suppress(OSError):  # a thread's own nice value (Linux); giving way needs no privilege
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.mode.nice)
+        while True:
+            with self._cond:
+                while self._job is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job, self._job = self._job, None
+            try:
+                self._draw(*job)
+            except Exception:  # noqa: BLE001 - the camera keeps going on the mouths it has
+                log.exception("drawing a mouth failed")
+                time.sleep(0.1)
+
+    def _draw(self, index: int, audio_time: float, mel_window: np.ndarray, generation: int) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        pixels = self.renderer.infer(mel_window[None, None], generation)
+        if pixels is None:  # the face or engine changed meanwhile
+            return
+        self._wall.append(time.perf_counter() - t0)
+        self._cpu.append(time.thread_time() - c0)
+        now = time.monotonic()
+        self._mouths.append(Mouth(index, audio_time, pixels[0], generation, now))
+        self._done.append(now)
+        self.inferred += 1

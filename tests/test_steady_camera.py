@@ -1,0 +1,138 @@
+"""The camera's cadence never depends on inference: a slow engine behind the real pipeline (real OpenVINO Wav2Lip
+on seeded random weights, espeak-ng speech played in real time, the real pyvirtualcam API with the recording
+backend). The engine is made slow on purpose by sleeping after each inference: that stands in for a busy or slow
+machine, which a test cannot order up."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import camera_recorder
+import numpy as np
+import pytest
+
+from avatar_cam.audio.ring import SAMPLE_RATE, AudioRing
+from avatar_cam.audio.sources import FileSource, load_audio
+from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
+from avatar_cam.live.frame_clock import FrameClock
+from avatar_cam.live.mouths import MAX_AGE_S
+from avatar_cam.live.performance import performance
+from avatar_cam.live.pipeline import LivePipeline
+from avatar_cam.live.renderer import FrameRenderer
+from avatar_cam.outputs.camera import VirtualCameraSink
+from avatar_cam.video.compositor import OutputFormat
+from avatar_cam.video.idle_motion import IdleSettings
+from avatar_cam.video.portrait import Portrait
+from avatar_cam.wav2lip.arch import MOUTH_FIRST_ROW
+from avatar_cam.wav2lip.engine import Wav2LipEngine
+
+SIZE = OutputFormat(640, 360)
+FPS = 30.0
+
+
+class SlowWav2Lip(Wav2LipLipSync):
+    """The real engine, then a sleep of `slow_s` per inference while `slow_s` > 0 (the test changes it)."""
+
+    def __init__(self, engine, slow_s: float):
+        super().__init__(engine)
+        self.slow_s = slow_s
+
+    def lower_faces(self, mels):
+        out = super().lower_faces(mels)
+        time.sleep(self.slow_s)
+        return out
+
+
+@pytest.fixture(scope="module")
+def engine(random_checkpoint, tmp_path_factory):
+    return Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path_factory.mktemp("cache"),
+                                         first_row=MOUTH_FIRST_ROW)
+
+
+def run_live(lipsync, astronaut_png, audio: np.ndarray, seconds: float, on_way=None, pace=None, mode="smooth"):
+    """The pipeline fed `audio` in real time for `seconds`; `on_way(t)` is called every 0.1 s on this thread."""
+    cams = camera_recorder.register()
+    clock = FrameClock(FPS)
+    renderer = FrameRenderer(lipsync, Portrait.load(astronaut_png), SIZE, clock, idle=IdleSettings.off())
+    ring = AudioRing(seconds=60)
+    cam = VirtualCameraSink(SIZE.width, SIZE.height, FPS, backend=camera_recorder.BACKEND)
+    pipe = LivePipeline(renderer, [cam], ring, clock, performance=performance(mode))
+    if pace is not None:
+        pipe.pace = pace(ring)
+    source = FileSource(audio, ring, realtime=True)
+    runner = threading.Thread(target=pipe.run, name="frames")
+    runner.start()
+    source.start()
+    t0 = time.monotonic()
+    try:
+        while (t := time.monotonic() - t0) < seconds:
+            if on_way is not None:
+                on_way(t)
+            time.sleep(0.1)
+    finally:
+        pipe.stop()
+        runner.join(10)
+        source.stop()
+        cam.close()
+    return pipe, cams.instances[-1], clock
+
+
+@pytest.fixture(scope="module")
+def talking(speech_wav) -> np.ndarray:
+    """Speech with short pauses, about 14 s."""
+    speech = load_audio(speech_wav)
+    return np.concatenate([speech, speech])
+
+
+def test_a_slow_engine_never_costs_a_camera_frame(engine, astronaut_png, talking):
+    lipsync = SlowWav2Lip(engine, slow_s=0.08)  # 80 ms more per inference: a machine that cannot keep up
+
+    def recover(t: float) -> None:
+        if t > 8.0:
+            lipsync.slow_s = 0.0  # the load goes away
+
+    lipsync_slowness = lipsync.slow_s
+    pipe, cam, clock = run_live(lipsync, astronaut_png, talking, 13.0, on_way=recover)
+    live = [r for r in pipe.stats.records if r.index >= 0]
+    indices = [r.index for r in live]
+    # Every frame the audio clock asked for left, in order, each once: none skipped, none repeated.
+    assert indices == list(range(indices[0], indices[-1] + 1))
+    assert len(cam.times) == len(pipe.stats.records)
+    assert len(live) >= 0.9 * 12.0 * FPS
+    # ...and on the audio clock: a frame leaves at its slot (the moment its audio arrived plus a short wait for its
+    # mouth, never more than a frame period), not when inference is done.
+    waits = np.array([r.slot - r.ready for r in live])
+    assert waits.max() <= 1.0 / FPS
+    # A frame shows the newest mouth there is: never one from its future, never an old one.
+    talking_frames = [r for r in live if r.inferred]
+    assert len(talking_frames) > 100
+    assert all(r.mouth_index <= r.index for r in talking_frames)
+    assert max(r.index - r.mouth_index for r in talking_frames) <= MAX_AGE_S * FPS
+    # While slow, mouths came at the rate the engine allowed; once the load went, the rate came back up.
+    def mouth_hz(frames):
+        return len({r.mouth_index for r in frames}) * FPS / max(len(frames), 1)
+
+    slow = [r for r in talking_frames if r.audio_time < 7.0]
+    fast = [r for r in talking_frames if r.audio_time > 9.5]
+    assert mouth_hz(slow) <= 1.1 / lipsync_slowness, mouth_hz(slow)
+    assert mouth_hz(fast) > 1.2 * mouth_hz(slow), (mouth_hz(slow), mouth_hz(fast))
+
+
+def test_with_the_voice_paced_each_frame_leaves_with_the_voice_it_shows(engine, astronaut_png, talking):
+    """Avatar Cam Microphone paces frames (`LivePipeline.pace`: when the voice at an audio time plays); here the
+    voice plays 0.3 s after it was heard, as the virtual microphone would set it. With a slow engine each frame still
+    leaves when its voice plays."""
+    lipsync = SlowWav2Lip(engine, slow_s=0.06)
+
+    def pace(ring):
+        return lambda audio_time: ring.arrival_time(round(audio_time * SAMPLE_RATE)) + 0.3
+
+    pipe, cam, clock = run_live(lipsync, astronaut_png, talking[: 8 * SAMPLE_RATE], 7.0, pace=pace)
+    live = [r for r in pipe.stats.records if r.index >= 0 and r.heard is not None]
+    assert len(live) > 150
+    off = np.array([r.emitted - (r.heard + 0.3) for r in live])
+    assert np.percentile(np.abs(off), 50) < 0.01 and np.percentile(np.abs(off), 95) < 0.03, \
+        np.percentile(np.abs(off), [50, 95, 100])
+    assert [r.index for r in live] == sorted(r.index for r in live)
+    assert any(r.inferred for r in live)
