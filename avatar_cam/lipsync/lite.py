@@ -14,7 +14,7 @@ Two halves, as in Wav2Lip: the audio decides a mouth shape per frame, the face d
   with upper teeth unless the photo already shows its own. Everything that depends only on the photo is
   computed once: per lip position level, the inverse of the vertical warp (levels are blended per frame),
   and the horizontal field. A frame costs a few blends of maps, one `cv2.remap` of the mouth-and-jaw region
-  and a shaded gap: well under a millisecond at 1280x720.
+  and a shaded gap; with the estimator, about half a millisecond per 1280x720 frame (`bench visemes`).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def _mel_bands() -> tuple[np.ndarray, np.ndarray]:
 
 
 class MouthDriver:
-    """Mel windows -> mouth shapes. Keeps a slow gain and the eased shape: call it with every talking frame,
-    in frame order (the frame thread).
+    """Mel windows -> mouth shapes. Keeps a slow gain, the estimator's state and the eased shape: call it with
+    every talking frame, in frame order, from one thread at a time (the renderer calls engines under its
+    engine lock, on its mouth-drawing thread).
 
     Column i of a frame's window is centred 40 ms before the frame's time plus 12.5 ms per column (with the
     trained 160 ms lookahead); the loudness follows the sound about 20 ms ahead of it, as real mouths lead.
@@ -93,9 +94,9 @@ class MouthDriver:
         """One window and its shape probabilities -> (opening, width, closure, teeth) before easing."""
         loud = self.loudness(mel)
         closure = float(_smooth((p[self._closed] - CLOSE_AT[0]) / (CLOSE_AT[1] - CLOSE_AT[0])))
-        rest = 1.0 - p[self._closed]
-        lips = float(p @ self._open) / max(rest, 1e-6)  # how open the lips of the non-closed shapes are
-        teeth = p[self._teeth] / max(rest, 1e-6)
+        not_closed = 1.0 - p[self._closed]
+        lips = float(p @ self._open) / max(not_closed, 1e-6)  # how open the lips of the other shapes are
+        teeth = p[self._teeth] / max(not_closed, 1e-6)
         # Shapes only where there is speech: at rest (silence, a pause) the photo's own mouth, exactly.
         speech = float(_smooth((1.0 - p[self._rest] - 0.1) / 0.3))
         return np.array([loud * lips * (1.0 - closure), speech * float(p @ self._width), closure,

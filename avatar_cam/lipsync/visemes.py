@@ -7,8 +7,9 @@ pipeline already hands the lite engine per frame: Wav2Lip's normalised 80x16 mel
 The model is a small MLP trained by `training/visemes/train.py` on speech the project synthesizes itself
 (`training/visemes/make_data.py`); its weights are `visemes.npz` next to this file. Pure numpy.
 
-Threads: an estimator belongs to the frame thread that calls `probabilities` (its smoothing state is
-per stream, in frame order); `load` may run anywhere.
+Threads: an estimator belongs to the one thread that calls `probabilities`, in frame order (its smoothing
+state is per stream): the frame thread, or the renderer's mouth thread when the Lite engine runs there under
+the renderer's engine lock; `load` may run anywhere.
 """
 
 from __future__ import annotations
