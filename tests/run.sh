@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(espeak-ng sox libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils libasound2-plugins
+packages=(espeak-ng flite sox libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils libasound2-plugins
           xvfb xauth xdotool imagemagick x11-utils shellcheck
           trayer gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-ayatanaappindicator3-0.1 dbus-daemon)
 missing=()

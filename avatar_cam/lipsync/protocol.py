@@ -31,7 +31,10 @@ class LipSync(Protocol):
 class MouthPainter(Protocol):
     region: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the unmirrored canvas that `paint` may change
 
-    def paint(self, img: np.ndarray, opening: float, width: float = 0.0) -> None: ...
+    def paint(self, img: np.ndarray, opening: float, width: float = 0.0, closure: float = 0.0, teeth: float = 0.0) -> None:
+        """Draw one mouth shape (the numbers `CanvasLipSync.mouth_shapes` gives, each scaled by the talking
+        weight: all 0 is the photo as it is) on `img`, in place, inside `region`."""
+        ...
 
 
 class CanvasLipSync(LipSync, Protocol):
@@ -41,7 +44,8 @@ class CanvasLipSync(LipSync, Protocol):
     """
 
     def mouth_shapes(self, mels: np.ndarray) -> np.ndarray:
-        """mels (B,1,80,16), in frame order -> (B, 2): opening in [0, 1], width in [-1, 1]."""
+        """mels (B,1,80,16), in frame order -> (B, 4): opening in [0, 1], width in [-1, 1] (rounded .. spread),
+        closure in [0, 1] (lips pressed together: m/b/p), teeth in [0, 1] (lower lip to the upper teeth: f/v)."""
         ...
 
     def canvas_painter(self, canvas: np.ndarray, layout) -> MouthPainter: ...

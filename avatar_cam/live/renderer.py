@@ -139,7 +139,7 @@ class FrameRenderer:
         if mouth is not None and alpha > 0.0:
             if self._painter is not None:
                 # A drawn mouth fades by closing, not by cross-fading two mouths (which would show both).
-                self._painter.paint(out, float(mouth[0]) * alpha, float(mouth[1]) * alpha)
+                self._painter.paint(out, *(float(v) * alpha for v in mouth))
             else:
                 c.paste(out, mouth, alpha)
         if self.idle is not None:

@@ -1,0 +1,78 @@
+"""Mouth shapes from the voice: a frame's mel window -> probabilities over a few shapes (the estimator).
+
+Concern: which lip shape (closed m/b/p, lip-teeth f/v, rounded o/u/w, open a, mid e, spread i, rest) the
+voice shows at a frame's time, speaker-independent and with no calibration. Its input is exactly what the
+pipeline already hands the lite engine per frame: Wav2Lip's normalised 80x16 mel window covering
+[t - 40 ms, t + 160 ms] (see `frame_clock.mel_start`), so it needs no look-ahead of its own.
+The model is a small MLP trained by `training/visemes/train.py` on speech the project synthesizes itself
+(`training/visemes/make_data.py`); its weights are `visemes.npz` next to this file. Pure numpy.
+
+Threads: an estimator belongs to the one thread that calls `probabilities`, in frame order (its smoothing
+state is per stream): the frame thread, or the renderer's mouth thread when the Lite engine runs there under
+the renderer's engine lock; `load` may run anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = ("rest", "closed", "lip_teeth", "rounded", "open", "mid", "spread")
+WEIGHTS = Path(__file__).with_name("visemes.npz")
+
+
+def features(mels: np.ndarray) -> np.ndarray:
+    """(B,1,80,16) or (B,80,16) normalised mel windows -> (B, 1281) model inputs, independent of the gain:
+    the window relative to its loudest bin, plus that loudest level itself (scaled to about unit size)."""
+    x = np.asarray(mels, np.float32).reshape(-1, 80 * 16)
+    peak = x.max(axis=1, keepdims=True)
+    return np.concatenate([x - peak, 0.25 * peak], axis=1)
+
+
+class VisemeEstimator:
+    """`probabilities(mels)` -> (B, len(SHAPES)). `smoothing` in [0, 1) blends each frame's probabilities
+    with the previous frame's (0: none); `reset` forgets that state (a new stream)."""
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarray, scale: np.ndarray,
+                 smoothing: float = 0.0):
+        self._layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in layers]
+        self._mean = mean.astype(np.float32)
+        self._scale = scale.astype(np.float32)
+        self.smoothing = float(smoothing)
+        self.reset()
+
+    @classmethod
+    def load(cls, path: Path | str = WEIGHTS, smoothing: float = 0.0) -> VisemeEstimator:
+        with np.load(path) as z:
+            shapes = tuple(str(s) for s in z["shapes"])
+            if shapes != SHAPES:
+                raise ValueError(f"{path} was trained for shapes {shapes}, this code draws {SHAPES}: retrain it")
+            n = int(z["layers"])
+            layers = [(z[f"w{i}"], z[f"b{i}"]) for i in range(n)]
+            return cls(layers, z["mean"], z["scale"], smoothing)
+
+    def reset(self) -> None:
+        self._last: np.ndarray | None = None
+
+    def logits(self, mels: np.ndarray) -> np.ndarray:
+        h = (features(mels) - self._mean) * self._scale
+        for i, (w, b) in enumerate(self._layers):
+            h = h @ w + b
+            if i < len(self._layers) - 1:
+                np.maximum(h, 0.0, out=h)
+        return h
+
+    def probabilities(self, mels: np.ndarray) -> np.ndarray:
+        """mels (B,1,80,16), consecutive frames in order -> (B, K) float32 probabilities over SHAPES."""
+        z = self.logits(mels)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        if self.smoothing > 0.0:
+            a = self.smoothing
+            for i in range(len(p)):
+                if self._last is not None:
+                    p[i] = a * self._last + (1.0 - a) * p[i]
+                self._last = p[i].copy()
+        return p.astype(np.float32)

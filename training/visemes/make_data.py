@@ -1,0 +1,168 @@
+"""Training data for the mouth-shape estimator: espeak-ng speech with its phoneme timing, as mel + shapes.
+
+Run (from the repository root, in the project's venv):
+    .venv/bin/python training/visemes/make_data.py            # -> training/visemes/data/espeak.npz
+    .venv/bin/python training/visemes/make_data.py --utterances 200 --out /tmp/small.npz   # a quick one
+
+What it makes: random English sentences (from the word list below, seeded) spoken by many espeak-ng voices
+and variants at random speeds, pitches and pitch ranges; each utterance is stored as Wav2Lip's normalised
+mel spectrogram (80 x T, float16) in two versions: as synthesized (with a random gain), and degraded (gain,
+background noise at 10-40 dB SNR, a random low-pass between 3.5 and 8 kHz as phones and cheap microphones
+have, a random spectral tilt). Beside it the shape segments (start, end, shape, coarticulated) from
+`avatar_cam.lipsync.phonemes`. The same seed makes the same file. The data folder is git-ignored.
+Voices listed in HELD_OUT are never used here (they are for validation in train.py).
+Time here: 8-10 minutes for 2400 utterances (2 vCPU shared with other work, one process); 246 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avatar_cam.audio.mel import melspectrogram
+from avatar_cam.lipsync.phonemes import segments, unmapped
+from avatar_cam.lipsync.synthetic_speech import espeak_speech
+
+HERE = Path(__file__).resolve().parent
+LANGS = ["en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc", "en-gb-x-rp"]
+VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
+            "klatt3", "klatt4", "croak", "Alex", "Andy", "Annie", "Denis", "Gene", "Jacky", "Lee", "Mr serious",
+            "adam", "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "edward", "grandma",
+            "grandpa", "iven", "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "robert",
+            "steph", "travis", "victor", "zac"]
+HELD_OUT = {("en-gb-x-rp", "f4"), ("en-us", "m7"), ("en-029", "f2"), ("en-us", "linda")}
+
+_WORD_LIST = """
+a an the this that these those my your his her our their some any every each no all both many few more most
+I you he she it we they me him us them who what which where when why how here there now then soon today
+is are was were be been being am have has had do does did will would can could shall should may might must
+go goes went gone come came make made take took give gave get got put keep kept let see saw seen look looked
+hear heard say said tell told think thought know knew feel felt find found want need like love hope wish
+try tried call called ask asked answer work worked play played move moved live lived bring brought buy bought
+pay paid meet met leave left begin began show showed run ran walk walked talk talked sit sat stand stood
+open opened close closed wait waited watch watched use used help helped turn turned start started stop
+mother father brother sister baby family friend people person man woman boy girl child children teacher
+doctor farmer driver player member neighbour uncle aunt cousin queen king
+house home room door window wall floor roof garden street road bridge city town village country world map
+school office shop market bank hospital church park beach mountain river lake sea ocean island forest field
+food bread butter milk cheese meat fish apple orange lemon banana potato tomato soup rice cake cookie coffee
+tea water juice wine beer sugar salt pepper egg breakfast lunch dinner supper plate cup bowl spoon knife fork
+car bus train boat ship plane bike bicycle truck wheel engine ticket station airport
+dog cat cow horse sheep goat pig bird duck mouse moose goose bear wolf fox rabbit monkey bee fly fish whale
+book paper pen pencil letter page story word name number music movie picture photo phone camera computer
+money price job business meeting problem question idea reason result voice moment minute hour week month year
+morning evening night noon spring summer autumn winter weather rain snow wind sun moon star cloud sky fire
+red blue green yellow purple pink brown black white grey gold silver
+big small little large huge tiny long short tall high low deep wide narrow thick thin heavy light full empty
+good bad better best worse worst new old young early late fast slow quick easy hard soft warm cool hot cold
+happy sad angry calm busy free cheap poor rich clean dirty quiet loud true false real sure strange beautiful
+smooth rough sweet sour bitter fresh ripe blue loose tight proud shy brave lazy clever foolish wise mean
+very really quite rather too also only just even still already almost always never often sometimes maybe
+and or but so because if unless although while until before after since though
+in on at to from into onto over under above below between behind beside through across around along past
+with without about against among during toward upon near far off out up down away back
+one two three four five six seven eight nine ten twenty thirty hundred thousand million first second third
+Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April May June July August
+yes please thanks sorry hello goodbye okay well oh wow hmm
+bob pam mimi bobby tommy peter paula barbara martin emma mike maria robert olivia hugo ruth luke zoe mabel
+boom pop bump mop map mama papa moo boo poo peep beep bubble pebble maple umbrella improve impossible
+food mood room soon spoon moon noon tune June rude blue true through who whose shoe two do you
+see me be tea key free knee tree sheep cheese leaf leave feet meat seat beach peach reach eat
+father far car star heart art part smart calm palm are large dark park
+go so show know slow snow boat coat goat road home phone bone stone rope hope open over ocean
+cat hat bat fat mat rat sat that flat plan man can fan pan van ham jam lamp stamp happy apple
+fish wish dish ship chip lip tip sip bit fit hit kit sit pig big dig wig pin tin win
+bed red fed led pen ten hen men get let met net pet wet yet egg leg bell tell well shell
+up cup pup bus much such cut but nut luck duck truck fun sun run gun mud blood love above
+"""
+WORDS = _WORD_LIST.split()
+
+
+def sentence(rng: np.random.Generator) -> str:
+    """A random string of words, sometimes cut by commas and full stops (which make pauses)."""
+    parts = []
+    for _ in range(int(rng.integers(1, 4))):
+        n = int(rng.integers(3, 9))
+        words = [WORDS[int(i)] for i in rng.integers(0, len(WORDS), n)]
+        parts.append(" ".join(words) + str(rng.choice([",", ".", "?", "!", ";"])))
+    return " ".join(parts)
+
+
+def degrade(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gain, low-pass, spectral tilt and background noise: speech as a real microphone might send it."""
+    spec = np.fft.rfft(audio)
+    hz = np.fft.rfftfreq(len(audio), 1 / 16000)
+    cutoff = rng.uniform(3500, 8000)
+    tilt_db_per_octave = rng.uniform(-4, 3)
+    shape = 1.0 / (1.0 + (hz / cutoff) ** 12)
+    shape *= 10 ** (tilt_db_per_octave * np.log2(np.maximum(hz, 100) / 1000) / 20)
+    out = np.fft.irfft(spec * shape, len(audio))
+    rms = np.sqrt(np.mean(out ** 2)) + 1e-9
+    noise = rng.standard_normal(len(out))
+    if rng.random() < 0.5:  # pink-ish noise, like a room or a fan, else white (hiss)
+        n = np.fft.rfft(noise) / np.sqrt(np.maximum(hz, 20) / 20)
+        noise = np.fft.irfft(n, len(out))
+    noise *= rms * 10 ** (-rng.uniform(10, 40) / 20) / (np.sqrt(np.mean(noise ** 2)) + 1e-9)
+    return gain(out + noise, rng)
+
+
+def gain(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    peak = np.abs(audio).max() + 1e-9
+    return (audio / peak * 10 ** (rng.uniform(-30, -1) / 20)).astype(np.float32)
+
+
+def voices() -> list[tuple[str, str]]:
+    return [(lang, v) for lang in LANGS for v in VARIANTS if (lang, v) not in HELD_OUT]
+
+
+def utterance(i: int, seed: int, pool: list[tuple[str, str]]):
+    rng = np.random.default_rng([seed, i])
+    lang, variant = pool[int(rng.integers(len(pool)))]
+    voice = lang + ("+" + variant if variant else "")
+    speech = espeak_speech(sentence(rng), voice, rate=int(rng.integers(110, 280)), pitch=int(rng.integers(10, 90)),
+                           pitch_range=int(rng.integers(10, 90)))
+    pad = np.zeros(int(rng.integers(1600, 8000)), np.float32)  # silence before and after, as a gated stream has
+    audio = np.concatenate([pad, speech.audio, pad[: len(pad) // 2]])
+    shift = len(pad) / 16000
+    segs = [(s.start + shift, s.end + shift, s.shape, s.coarticulated) for s in segments(speech)]
+    mels = [melspectrogram(gain(audio, rng)), melspectrogram(degrade(audio, rng))]
+    return voice, mels, np.array(segs, np.float64).reshape(-1, 4), unmapped(speech)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--utterances", type=int, default=2400)
+    ap.add_argument("--seed", type=int, default=15)
+    ap.add_argument("--out", type=Path, default=HERE / "data" / "espeak.npz")
+    args = ap.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pool = voices()
+    t0 = time.time()
+    mels, segs, utt_voice, utt_version, seg_utt, symbols = [], [], [], [], [], set()
+    for i in range(args.utterances):
+        voice, ms, sg, unk = utterance(i, args.seed, pool)
+        symbols |= unk
+        for version, m in enumerate(ms):
+            utt = len(mels)
+            mels.append(m.astype(np.float16))
+            utt_voice.append(voice)
+            utt_version.append(version)
+            segs.append(sg)
+            seg_utt.append(np.full(len(sg), utt))
+        if (i + 1) % 200 == 0:
+            print(f"{i + 1}/{args.utterances} utterances, {time.time() - t0:.0f} s", file=sys.stderr)
+    lengths = np.array([m.shape[1] for m in mels])
+    np.savez(args.out, mel=np.concatenate(mels, axis=1), lengths=lengths, segments=np.concatenate(segs),
+             segment_utt=np.concatenate(seg_utt), voice=np.array(utt_voice), version=np.array(utt_version), seed=args.seed)
+    hours = lengths.sum() / 80 / 3600
+    print(f"wrote {args.out}: {len(mels)} mels ({hours:.2f} h), {len(pool)} voices, {time.time() - t0:.0f} s; "
+          f"lingual consonants (coarticulated): {' '.join(sorted(symbols))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

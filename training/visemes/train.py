@@ -1,0 +1,201 @@
+"""Train the mouth-shape estimator and write its weights to avatar_cam/lipsync/visemes.npz.
+
+Run (from the repository root, in the project's venv, after make_data.py):
+    .venv/bin/python training/visemes/train.py                      # data: training/visemes/data/espeak.npz
+    .venv/bin/python training/visemes/train.py --epochs 2 --out /tmp/v.npz   # a quick look
+
+Input per example: exactly what the pipeline hands the lite engine for a frame at time t, the normalised
+80x16 Wav2Lip mel window starting at column floor(80 (t + 0.16)) - 16 (covering [t - 40 ms, t + 160 ms]),
+taken at every mel column of every utterance, labelled with the shape at t (avatar_cam.lipsync.phonemes).
+Augmentation on the fly: gain (a shift of the normalised mel), vocal tract length (every frequency scaled
+by 0.84..1.24: voices higher and lower than espeak-ng's), +-1 column of time jitter between window and label.
+Model: features (`visemes.features`, gain-independent) -> standardised -> MLP 1281-160-80-7 with ReLU and
+dropout, cross-entropy with label smoothing; coarticulated consonant frames weigh half. Seeded (torch,
+numpy), single-threaded-deterministic on CPU: the same data and seed give the same weights.
+Validation: espeak-ng voices make_data.py never uses (HELD_OUT); flite and festival stay untouched for the
+benchmark (`avatar-cam bench visemes`). PyTorch is used here only, never at run time.
+Time here: 4 minutes for 8 epochs on 2 quiet vCPU, 9 minutes with the machine shared (PyTorch CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_data import HELD_OUT, utterance  # noqa: E402
+
+from avatar_cam.audio.mel import FMAX, FMIN, hz_to_mel, mel_to_hz  # noqa: E402
+from avatar_cam.lipsync.phonemes import Segment, labels_at  # noqa: E402
+from avatar_cam.lipsync.visemes import SHAPES, WEIGHTS, features  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FRAME_OFFSET = 0.04 + 0.5 / 80  # frame time of the window starting at column s: s/80 + this (mid-column)
+
+
+def windows_and_labels(length: int, segs: np.ndarray):
+    """Every window start of an utterance of `length` mel columns: starts (n,), labels (n,), weights (n,)."""
+    starts = np.arange(length - 15)
+    seg_list = [Segment(a, b, int(s), "", bool(c)) for a, b, s, c in segs]
+    shape, coart, _ = labels_at(seg_list, starts / 80 + FRAME_OFFSET)
+    return starts, shape, np.where(coart, 0.5, 1.0)
+
+
+class Windows:
+    """All training windows as indices into one long mel array (built once, windows cut per batch)."""
+
+    def __init__(self, path: Path):
+        z = np.load(path)
+        self.mel = z["mel"]  # (80, total) float16
+        lengths, segs, seg_utt = z["lengths"], z["segments"], z["segment_utt"]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        cols, labels, weights, owners = [], [], [], []
+        for u, (off, length) in enumerate(zip(offsets, lengths, strict=True)):
+            s, y, w = windows_and_labels(int(length), segs[seg_utt == u])
+            cols.append(off + s)
+            labels.append(y)
+            weights.append(w)
+            owners.append(np.full(len(s), u))
+        self.start = np.concatenate(cols)
+        self.label = np.concatenate(labels)
+        self.weight = np.concatenate(weights).astype(np.float32)
+        self.bounds = np.stack([offsets, offsets + lengths], 1)[np.concatenate(owners)]
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        start = self.start[idx]
+        if rng is not None:  # +-1 column of jitter, inside the utterance
+            start = np.clip(start + rng.integers(-1, 2, len(idx)), self.bounds[idx, 0], self.bounds[idx, 1] - 16)
+        x = self.mel[:, start[:, None] + np.arange(16)].astype(np.float32).transpose(1, 0, 2)  # (B,80,16)
+        if rng is not None:
+            x = augment(x, rng)
+        return x
+
+
+def _warps(factors: np.ndarray) -> np.ndarray:
+    """(len(factors), 80, 80): per factor a, the mel bands of a voice whose vocal tract is 1/a as long
+    (every frequency times a), by linear interpolation between the bands' centre frequencies."""
+    edges = mel_to_hz(np.linspace(hz_to_mel(FMIN), hz_to_mel(FMAX), 82))
+    centres = edges[1:-1]
+    out = np.zeros((len(factors), 80, 80), np.float32)
+    for n, a in enumerate(factors):
+        pos = np.interp(centres / a, centres, np.arange(80.0))  # source band (fractional) of each target band
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, 79)
+        w = pos - lo
+        out[n, np.arange(80), lo] += 1 - w
+        out[n, np.arange(80), hi] += w
+    return out
+
+
+WARP_FACTORS = np.linspace(0.84, 1.24, 11)
+WARPS = _warps(WARP_FACTORS)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gain (a shift of the normalised mel) and vocal tract length (every frequency scaled by 0.84..1.24)."""
+    b = len(x)
+    x = np.clip(x + rng.uniform(-1.2, 0.5, (b, 1, 1)).astype(np.float32), -4, 4)
+    return np.einsum("bij,bjt->bit", WARPS[rng.integers(0, len(WARPS), b)], x, optimize=True)
+
+
+def held_out_set(n: int, seed: int):
+    """Validation windows from espeak-ng voices that make_data.py never uses."""
+    pool = sorted(HELD_OUT)
+    xs, ys = [], []
+    for i in range(n):
+        _, mels, segs, _ = utterance(10_000_000 + i, seed, pool)
+        for m in mels:
+            s, y, _ = windows_and_labels(m.shape[1], segs)
+            xs.append(m[:, s[:, None] + np.arange(16)].transpose(1, 0, 2))
+            ys.append(y)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+
+class Net(nn.Module):
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, dropout: float):
+        super().__init__()
+        layers, d = [], n_in
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(dropout)]
+            d = h
+        layers.append(nn.Linear(d, n_out))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def export(net: Net, mean: np.ndarray, scale: np.ndarray, out: Path, meta: dict) -> None:
+    linears = [m for m in net.body if isinstance(m, nn.Linear)]
+    arrays = {"shapes": np.array(SHAPES), "layers": len(linears), "mean": mean.astype(np.float16),
+              "scale": scale.astype(np.float16), **{k: np.array(v) for k, v in meta.items()}}
+    for i, lin in enumerate(linears):
+        arrays[f"w{i}"] = lin.weight.detach().numpy().T.astype(np.float16)
+        arrays[f"b{i}"] = lin.bias.detach().numpy().astype(np.float16)
+    np.savez_compressed(out, **arrays)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=HERE / "data" / "espeak.npz")
+    ap.add_argument("--out", type=Path, default=WEIGHTS)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--hidden", type=int, nargs="+", default=[160, 80])
+    ap.add_argument("--seed", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--per-epoch", type=float, default=0.35, help="share of the windows each epoch sees (neighbours are alike)")
+    ap.add_argument("--closed-weight", type=float, default=3.0, help="extra weight of closed-lip frames")
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # deterministic reductions; and the machine is shared
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    data = Windows(args.data)
+    val_x, val_y = held_out_set(60, args.seed)
+    print(f"{len(data.start)} training windows, {len(val_y)} validation windows ({time.time() - t0:.0f} s)", file=sys.stderr)
+
+    probe = features(data.batch(rng.choice(len(data.start), 20000, replace=False), None))
+    mean, scale = probe.mean(0), 1.0 / (probe.std(0) + 1e-3)
+    net = Net(probe.shape[1], tuple(args.hidden), len(SHAPES), dropout=0.2)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    per_epoch = int(args.per_epoch * len(data.start)) // args.batch
+    steps = args.epochs * per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    class_w = torch.ones(len(SHAPES))
+    class_w[SHAPES.index("closed")] = args.closed_weight
+    loss_fn = nn.CrossEntropyLoss(weight=class_w, reduction="none", label_smoothing=0.05)
+    prep = lambda x: torch.from_numpy((features(x) - mean) * scale)  # noqa: E731
+    for epoch in range(args.epochs):
+        net.train()
+        order = rng.permutation(len(data.start))[: per_epoch * args.batch]
+        total = 0.0
+        for b in range(len(order) // args.batch):
+            idx = np.sort(order[b * args.batch : (b + 1) * args.batch])
+            x = prep(data.batch(idx, rng))
+            loss = (loss_fn(net(x), torch.from_numpy(data.label[idx])) * torch.from_numpy(data.weight[idx])).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        net.eval()
+        with torch.no_grad():
+            pred = net(prep(val_x)).argmax(1).numpy()
+        acc = (pred == val_y).mean()
+        closed = val_y == SHAPES.index("closed")
+        print(f"epoch {epoch + 1}: loss {total / (len(order) // args.batch):.3f}, held-out espeak voices: "
+              f"accuracy {acc:.3f}, closed recall {(pred[closed] == val_y[closed]).mean():.3f} ({time.time() - t0:.0f} s)",
+              file=sys.stderr)
+    export(net, mean, scale, args.out, {"seed": args.seed, "epochs": args.epochs})
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
