@@ -355,7 +355,7 @@ def restart_at_size(page: Page) -> dict:
 def finish_call(page: Page) -> dict:
     page.finish = True
     limit = time.monotonic() + 20
-    while time.monotonic() < limit and not page.last.get("readyState") == "ended":
+    while time.monotonic() < limit and page.last.get("readyState") != "ended":
         time.sleep(0.5)
     return {"last": page.last}
 

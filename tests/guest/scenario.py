@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import soundfile
-
 from kit import GuestKit, build_kit
 from vm import Boot, boot
 
