@@ -242,7 +242,11 @@ def serve(page: Page, folder: Path) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            answer = page.take(body) if self.path == "/report" else self.snapshot(body)
+            if self.path == "/progress":
+                mark("page", stage=body["stage"])
+                answer = {}
+            else:
+                answer = page.take(body) if self.path == "/report" else self.snapshot(body)
             data = json.dumps(answer).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -284,7 +288,7 @@ def open_call(page: Page) -> dict:
     started = time.monotonic()
     server = serve(page, Path(JOB["web"]))
     browser = start_chromium(server.server_address[1])
-    wait_for(lambda: page.fatal is not None or len(page.video) >= 10, 180, "Chromium's first 10 frames")
+    wait_for(lambda: page.fatal is not None or len(page.video) >= 10, 300, "Chromium's first 10 frames")
     if page.fatal:
         raise RuntimeError(f"the page failed: {page.fatal}")
     mark("chromium sees frames")

@@ -9,6 +9,7 @@ the page can tell "the portrait arrived" (outside the box) from "the mouth moves
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def prepare(results: Path, kit: GuestKit, timeout_s: float) -> dict:
     photos = write_photos(results)
     references = [reference(p, size, web / f"{p.stem}_{size[0]}x{size[1]}.png")
                   for p in photos for size in (FIRST_SIZE, SECOND_SIZE)]
-    (web / "config.json").write_text(json.dumps({"references": references}))
+    (web / "config.json").write_text(json.dumps({"references": references, "camera_label": "Avatar Cam",
+                                                 "mic_label": "Avatar Cam Microphone"}))
     shutil.copy2(HERE / "call_page.html", web / "call_page.html")
     spans = write_speech(results / "speech.wav")
     guest = Path("/tmp/results")  # where the guest sees `results`
@@ -93,10 +95,13 @@ def prepare(results: Path, kit: GuestKit, timeout_s: float) -> dict:
 
 
 def run(results: Path, timeout_s: float = 600) -> tuple[Boot, dict]:
-    """Build (or reuse) the kit, prepare the inputs, boot; returns the boot and the guest's report."""
+    """Build (or reuse) the kit, prepare the inputs, boot; returns the boot and the guest's report.
+
+    AVATAR_GUEST_PAUSE_FILE names a file whose presence pauses the guest (see vm.boot)."""
     kit = build_kit()
     prepare(results, kit, timeout_s - 60)
-    booted = boot(kit, HERE / "guest_main.sh", results, timeout_s)
+    pause = os.environ.get("AVATAR_GUEST_PAUSE_FILE")
+    booted = boot(kit, HERE / "guest_main.sh", results, timeout_s, Path(pause) if pause else None)
     report_path = results / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return booted, report

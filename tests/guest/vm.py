@@ -3,13 +3,14 @@ read-write, and a script of ours as the guest's first process.
 
 Software emulation (TCG) is the default: /dev/kvm on the development machines is a paravirtual hypervisor
 that cannot run a stock kernel. `AVATAR_GUEST_KVM=1` asks for KVM where it really works. QEMU always runs
-under `timeout`, so a guest that hangs is killed and the caller still gets the console log.
+under a time limit, so a guest that hangs is killed and the caller still gets the console log.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -57,12 +58,40 @@ def qemu_command(kit: GuestKit, guest_main: Path, results: Path, memory: str = "
     ]
 
 
-def boot(kit: GuestKit, guest_main: Path, results: Path, timeout_s: float) -> Boot:
-    """Run the guest until it powers off (or `timeout_s`); its console goes to results/console.log."""
+def boot(kit: GuestKit, guest_main: Path, results: Path, timeout_s: float, pause_file: Path | None = None) -> Boot:
+    """Run the guest until it powers off (or `timeout_s`); its console goes to results/console.log.
+
+    While `pause_file` exists (a shared machine's "quiet, benchmarks running" flag) QEMU is stopped
+    (SIGSTOP) and the time limit waits too. QEMU is killed, whatever happens, when this returns.
+    """
     results.mkdir(parents=True, exist_ok=True)
     console = results / "console.log"
     start = time.monotonic()
+    deadline = start + timeout_s
     with console.open("wb") as out:
-        done = subprocess.run(["timeout", "-k", "10", str(int(timeout_s)), *qemu_command(kit, guest_main, results)],
-                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    return Boot(done.returncode, time.monotonic() - start, console.read_text(errors="replace"))
+        qemu = subprocess.Popen(qemu_command(kit, guest_main, results), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            while qemu.poll() is None and time.monotonic() < deadline:
+                if pause_file is not None and pause_file.exists():
+                    deadline += _paused_while(qemu, pause_file)
+                time.sleep(0.5)
+        finally:
+            timed_out = qemu.poll() is None
+            if timed_out:
+                qemu.kill()
+            qemu.wait()
+    returncode = 124 if timed_out else qemu.returncode
+    return Boot(returncode, time.monotonic() - start, console.read_text(errors="replace"))
+
+
+def _paused_while(qemu: subprocess.Popen, pause_file: Path) -> float:
+    """Stop QEMU until pause_file is gone; returns the seconds it was stopped."""
+    began = time.monotonic()
+    qemu.send_signal(signal.SIGSTOP)
+    try:
+        while pause_file.exists():
+            time.sleep(5)
+    finally:
+        qemu.send_signal(signal.SIGCONT)
+    return time.monotonic() - began
