@@ -269,6 +269,8 @@ def start_chromium(port: int) -> subprocess.Popen:
     log = (RESULTS / "chromium.log").open("w")
     return subprocess.Popen(
         ["chromium", "--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream", "--disable-gpu",
+         "--disable-extensions", "--disable-component-update", "--disable-background-networking", "--disable-sync",
+         "--no-default-browser-check",
          "--autoplay-policy=no-user-gesture-required", "--user-data-dir=/tmp/chromium-profile", "--no-first-run",
          f"http://127.0.0.1:{port}/call_page.html"],
         env=product_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -303,9 +305,11 @@ def speak_and_wait(seconds_after: float) -> None:
     time.sleep(seconds_after)
 
 
-def snapshot(page: Page, name: str, limit_s: float = 30) -> None:
-    page.snapshots_wanted.append(name)
-    wait_for(lambda: name in page.snapshots, limit_s, f"snapshot {name}")
+def snapshot(page: Page, name: str) -> None:
+    """Ask the page for a PNG of what it drew (it comes with a later report; `finish_call` waits for it)."""
+    with page.lock:
+        page.snapshots_wanted.append(name)
+    mark("snapshot asked", name=name)
 
 
 @step("talking")
@@ -357,11 +361,11 @@ def restart_at_size(page: Page) -> dict:
 
 @step("chromium finishes")
 def finish_call(page: Page) -> dict:
+    snapshot(page, "last_frame")
+    wait_for(lambda: "last_frame" in page.snapshots, 180, "the page's snapshots")
     page.finish = True
-    limit = time.monotonic() + 20
-    while time.monotonic() < limit and page.last.get("readyState") != "ended":
-        time.sleep(0.5)
-    return {"last": page.last}
+    time.sleep(5)
+    return {"last": page.last, "snapshots": page.snapshots}
 
 
 # --- 4. ffmpeg --------------------------------------------------------------------------------------------

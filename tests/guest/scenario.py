@@ -23,7 +23,7 @@ from vm import Boot, boot
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-FIRST_SIZE, SECOND_SIZE, FPS = (320, 180), (256, 144), 10
+FIRST_SIZE, SECOND_SIZE, FPS = (320, 180), (256, 144), 5
 UTTERANCES = ("Hello, this is Avatar Cam speaking to you.", "My mouth moves when my voice plays.",
               "Then it rests in the silence.")
 GAP_S = 2.5
