@@ -2,8 +2,8 @@
 
 One boot runs everything in order (tests/guest/in_guest.py): the install script's camera step, the daemon
 with the Lite engine and Avatar Cam Microphone, Chromium reading both devices while speech plays, a photo
-switch, pause and resume, a restart at another size, and ffmpeg reading the device. The tests below then
-read what was seen. Skipped, with the reason, where QEMU or the Debian kernel pieces cannot be had.
+switch, pause and resume, ffmpeg reading the device beside Chromium, and a restart at another size. The
+tests below then read what was seen. Skipped, with the reason, where QEMU or the Debian kernel pieces cannot be had.
 
 Evidence: .guest-cache/evidence/ (report.json: everything the guest measured; checks.json: the summary;
 chromium_*.png: frames as Chromium drew them; console.log, guest.log, daemon*.log, chromium.log).
@@ -136,7 +136,18 @@ def test_ffmpeg_reads_the_device(guest):
     seen = step(report, "ffmpeg")
     print(f"ffmpeg: {seen['stream']}; {seen['frames']} frames at {seen['measured_fps']} fps")
     assert seen["stream"] and "yuv420p" in seen["stream"]
-    w, h = scenario.SECOND_SIZE  # the daemon runs at the second size by then
+    w, h = scenario.FIRST_SIZE
     assert f"{w}x{h}" in seen["stream"]
     assert seen["frames"] >= 5
     assert (EVIDENCE / "ffmpeg_frame.png").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="product defect: while a call app holds the camera, the daemon cannot "
+                   "reopen it at a new size (pyvirtualcam: 'No v4l2 loopback device found'); see the report")
+def test_a_restart_at_another_size_brings_the_camera_back_while_the_call_app_watches(guest):
+    _, report, summary = guest
+    restart = step(report, "restart at another size")
+    print(f"restart at another size: {json.dumps(summary['restart_at_new_size'])[:1500]}")
+    assert "failed" not in restart["daemon"], restart["daemon"]
+    w, h = scenario.SECOND_SIZE
+    assert f"{w}x{h}" in summary["restart_at_new_size"]["sizes_after_quit"]

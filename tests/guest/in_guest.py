@@ -5,8 +5,9 @@
 2. a PulseAudio server (the "sound card"), `avatar-cam daemon --no-tray` with the Lite engine, Avatar Cam
    Microphone on and the camera through pyvirtualcam's v4l2loopback backend;
 3. Chromium, headless, as the call app (call_page.html) while the test speaks, switches photo, pauses,
-   resumes, and restarts the daemon at another size;
-4. ffmpeg reading the device.
+   resumes, and restarts the daemon at another size (there is no `ctl` command for the size: a user edits
+   settings.toml or uses the tray, and the tray's size change closes and reopens the camera the same way),
+   with ffmpeg reading the device beside Chromium before the restart.
 
 Run as `python in_guest.py RESULTS` with RESULTS/job.json written by the host. Everything it learns goes to
 RESULTS/report.json, written after every step so a failure still leaves what came before.
@@ -29,6 +30,7 @@ from pathlib import Path
 RESULTS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/results")
 JOB = json.loads((RESULTS / "job.json").read_text()) if (RESULTS / "job.json").exists() else {}
 REPORT: dict = {"steps": {}, "timeline": []}
+DAEMONS: list[subprocess.Popen] = []
 RUNTIME = Path("/run/user/0")
 PA_CONFIG = """\
 load-module module-native-protocol-unix auth-anonymous=1
@@ -39,7 +41,7 @@ set-default-source test_speaker.monitor
 
 
 def save() -> None:
-    (RESULTS / "report.json").write_text(json.dumps(REPORT, indent=1))
+    (RESULTS / "report.json").write_text(json.dumps(REPORT))
 
 
 def mark(what: str, **detail) -> None:
@@ -139,8 +141,9 @@ def start_pulseaudio() -> dict:
     config = RUNTIME / "pa.pa"
     config.write_text(PA_CONFIG)
     env = product_env()
-    # No real-time scheduling: under emulation its CPU-time limit would get the server killed.
-    subprocess.Popen(["pulseaudio", "--realtime=no", "--high-priority=no", "--no-cpu-limit", "--exit-idle-time=-1", "--disallow-exit", "-n", "-F", str(config),
+    # No real-time scheduling: under emulation its CPU-time limit would get the server killed; the cheapest
+    # resampler, as the emulated guest barely keeps up.
+    subprocess.Popen(["pulseaudio", "--resample-method=trivial", "--realtime=no", "--high-priority=no", "--no-cpu-limit", "--exit-idle-time=-1", "--disallow-exit", "-n", "-F", str(config),
                       f"--log-target=file:{RESULTS}/pulseaudio.log"], env=env, stdin=subprocess.DEVNULL)
     for _ in range(100):
         if sh("pactl", "info", env=env, timeout=5)["rc"] == 0:
@@ -186,13 +189,14 @@ def wait_running(limit_s: float) -> dict:
 
 
 @step("daemon")
-def start_daemon(width: int, height: int, log_name: str) -> dict:
+def start_daemon(width: int, height: int, log_name: str, limit_s: float = 300) -> dict:
     write_settings(width, height)
     log = (RESULTS / log_name).open("w")
     started = time.monotonic()
     process = subprocess.Popen([JOB["python"], "-m", "avatar_cam", "daemon", "--no-tray"], env=product_env(),
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    running = wait_running(300)
+    DAEMONS.append(process)
+    running = wait_running(limit_s)
     mark("daemon running", width=width, height=height)
     return {"pid": process.pid, "seconds_to_running": round(time.monotonic() - started, 1), "status": running,
             "devices": video_devices(), "sources": sh("pactl", "list", "short", "sources", env=product_env())["stdout"]}
@@ -349,13 +353,18 @@ def restart_at_size(page: Page) -> dict:
     width, height = JOB["second_size"]
     mark("ctl quit")
     quit_ = avatar_cam("ctl", "quit", timeout=60)
+    mark("ctl quit answered")
+    # `ctl quit` answers before the daemon has ended, and it saves its settings as it ends: wait for that,
+    # or it overwrites the new size written below.
+    DAEMONS[-1].wait(timeout=120)
     mark("daemon quit")
-    time.sleep(2)
     devices_between = video_devices()
-    daemon = start_daemon(width, height, "daemon2.log")
-    time.sleep(JOB["silence_s"])
+    try:
+        daemon = start_daemon(width, height, "daemon2.log", limit_s=150)
+    except RuntimeError as exc:  # what a user would see; the page's view of it is in the report too
+        daemon = {"failed": str(exc)}
     speak_and_wait(2)
-    return {"quit": quit_, "devices_between": devices_between, "daemon": daemon,
+    return {"quit": quit_, "devices_between": devices_between, "daemon": daemon, "status": status(),
             "page_track": page.last}
 
 
@@ -408,16 +417,13 @@ def main() -> int:
         talking(page)
         photo_switch(page)
         pause_resume()
+        ffmpeg_capture()  # a second reader while Chromium watches
         restart_at_size(page)
         finish_call(page)
-    except Exception:  # noqa: BLE001  (already in the report; still try ffmpeg and save what the page saw)
+    except Exception:  # noqa: BLE001  (already in the report; save what the page saw)
         traceback.print_exc()
     finally:
         collect(page)
-    try:
-        ffmpeg_capture()
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
     avatar_cam("ctl", "quit", timeout=30)
     mark("guest checks end")
     save()

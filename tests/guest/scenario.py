@@ -68,7 +68,10 @@ def write_speech(path: Path) -> list[tuple[float, float]]:
         t += len(wav) / rate + GAP_S
         parts += [wav, np.zeros(int(rate * GAP_S), np.float32)]
         raw.unlink()
-    soundfile.write(path, np.concatenate(parts), rate)
+    speech = np.concatenate(parts)
+    # At the sinks' 48 kHz, so that the guest's PulseAudio need not resample it.
+    speech = np.interp(np.arange(0, len(speech), rate / 48000), np.arange(len(speech)), speech).astype(np.float32)
+    soundfile.write(path, speech, 48000)
     return spans
 
 
