@@ -40,7 +40,9 @@ def guest():
         pytest.skip(f"no guest VM here: {exc}")
     shutil.rmtree(EVIDENCE, ignore_errors=True)
     booted, report = scenario.run(EVIDENCE, GUEST_TIMEOUT_S)
-    summary = analysis.summarize(report) if report.get("page") else {}
+    if not report.get("page"):
+        pytest.fail(f"the guest reported nothing from the call page; see {EVIDENCE}/guest.log and console.log")
+    summary = analysis.summarize(report)
     checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1)},
               "steps": {k: {"ok": v["ok"], "seconds": v["seconds"]} for k, v in report.get("steps", {}).items()},
               **summary}

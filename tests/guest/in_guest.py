@@ -31,6 +31,7 @@ RESULTS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/results")
 JOB = json.loads((RESULTS / "job.json").read_text()) if (RESULTS / "job.json").exists() else {}
 REPORT: dict = {"steps": {}, "timeline": []}
 DAEMONS: list[subprocess.Popen] = []
+PAGES: list = []  # the call page's reports (one Page), saved with the report
 RUNTIME = Path("/run/user/0")
 PA_CONFIG = """\
 load-module module-native-protocol-unix auth-anonymous=1
@@ -41,6 +42,12 @@ set-default-source test_speaker.monitor
 
 
 def save() -> None:
+    """Write the report, with what the page has reported so far."""
+    if PAGES:
+        page = PAGES[0]
+        with page.lock:
+            REPORT["page"] = {"video": list(page.video), "audio": list(page.audio), "events": list(page.events),
+                              "last": page.last, "fatal": page.fatal, "snapshots": dict(page.snapshots)}
     (RESULTS / "report.json").write_text(json.dumps(REPORT))
 
 
@@ -397,18 +404,12 @@ def ffmpeg_capture() -> dict:
 # --- the whole scenario -----------------------------------------------------------------------------------
 
 
-def collect(page: Page) -> None:
-    with page.lock:
-        REPORT["page"] = {"video": page.video, "audio": page.audio, "events": page.events, "last": page.last,
-                          "fatal": page.fatal, "snapshots": page.snapshots}
-    save()
-
-
 def main() -> int:
     os.environ.update(product_env())
     REPORT["job"] = JOB
     mark("guest checks start")
     page = Page()
+    PAGES.append(page)
     try:
         install_camera()
         start_pulseaudio()
@@ -423,7 +424,7 @@ def main() -> int:
     except Exception:  # noqa: BLE001  (already in the report; save what the page saw)
         traceback.print_exc()
     finally:
-        collect(page)
+        save()
     avatar_cam("ctl", "quit", timeout=30)
     mark("guest checks end")
     save()
