@@ -2,6 +2,7 @@
 # Install Avatar Cam on Linux (Debian/Ubuntu with apt, Fedora with dnf).
 #
 #   bash install_scripts/install-linux.sh [--autostart]
+#   bash install_scripts/install-linux.sh --camera-only     # steps 2 and 3 alone (the virtual camera)
 #
 # What it does, saying each change before making it, and nothing that is already in place:
 #   1. system packages: PortAudio, v4l2loopback (DKMS), AppIndicator and GTK introspection, pactl, venv support
@@ -31,6 +32,8 @@ Usage: bash install_scripts/install-linux.sh [OPTIONS]
   --reinstall             reinstall the package even if this source is already installed
   --no-system-packages    do not install system packages (apt/dnf)
   --skip-modprobe         do not load the kernel module now
+  --camera-only           only the virtual camera: its boot configuration and loading the module now (steps
+                          2 and 3; no packages, venv, menu entries or doctor); v4l2loopback must be installed
   --dry-run               say what would change, change nothing
   --no-doctor             do not run \`avatar-cam doctor\` at the end
   --prefix DIR            test mode: everything under DIR (implies --no-system-packages --skip-modprobe)
@@ -41,7 +44,7 @@ EOF
 }
 
 PREFIX="" VENV="" PYTHON=python3
-SYSTEM_PACKAGES=1 MODPROBE=1 DRY_RUN=0 AUTOSTART=0 SITE_PACKAGES=0 NO_DEPS=0 REINSTALL=0 DOCTOR=1
+SYSTEM_PACKAGES=1 MODPROBE=1 CAMERA_ONLY=0 DRY_RUN=0 AUTOSTART=0 SITE_PACKAGES=0 NO_DEPS=0 REINSTALL=0 DOCTOR=1
 
 die() { printf 'install-linux.sh: %s\n' "$*" >&2; exit 1; }
 need_value() { if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi; }
@@ -58,6 +61,7 @@ while [ $# -gt 0 ]; do
         --reinstall) REINSTALL=1 ;;
         --no-system-packages) SYSTEM_PACKAGES=0 ;;
         --skip-modprobe) MODPROBE=0 ;;
+        --camera-only) CAMERA_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
         --no-doctor) DOCTOR=0 ;;
         --system-site-packages) SITE_PACKAGES=1 ;;
@@ -237,7 +241,9 @@ dnf_packages() {
 }
 
 step "System packages"
-if [ "$SYSTEM_PACKAGES" -eq 0 ]; then
+if [ "$CAMERA_ONLY" -eq 1 ]; then
+    note "skipped (--camera-only): v4l2loopback must already be installed (v4l2loopback-dkms and your kernel's headers)"
+elif [ "$SYSTEM_PACKAGES" -eq 0 ]; then
     note "skipped (--no-system-packages or --prefix): PortAudio, v4l2loopback, AppIndicator, pactl are not checked"
 elif command -v apt-get >/dev/null 2>&1; then
     apt_packages
@@ -322,6 +328,11 @@ else
         explain_modprobe_failure "$out"
         note "then: sudo modprobe v4l2loopback   (or reboot)"
     fi
+fi
+
+if [ "$CAMERA_ONLY" -eq 1 ]; then
+    printf '\nThe virtual camera is set up (--camera-only: the venv, menu entries and doctor were left alone).\n'
+    exit 0
 fi
 
 # --- 4. the virtual environment and the package -----------------------------------------------------------

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 packages=(espeak-ng flite sox libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils libasound2-plugins
           xvfb xauth xdotool imagemagick x11-utils shellcheck
-          trayer gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-ayatanaappindicator3-0.1 dbus-daemon)
+          trayer gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-ayatanaappindicator3-0.1 dbus-daemon
+          qemu-system-x86 chromium v4l-utils make gcc)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

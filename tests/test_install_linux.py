@@ -168,6 +168,17 @@ def test_dry_run_writes_nothing(repo_copy: Path, tmp_path: Path):
     assert "change: creating" in done.stdout  # it still says what it would change
 
 
+def test_camera_only_sets_up_the_camera_and_nothing_else(repo_copy: Path, tmp_path: Path):
+    prefix, home = tmp_path / "cam", tmp_path / "home-cam"
+    home.mkdir()
+    done = install(repo_copy, "--prefix", str(prefix), "--camera-only", home=home)
+    assert done.returncode == 0, done.stderr
+    written = sorted(str(p.relative_to(prefix)) for p in files_under(prefix))
+    assert written == ["etc/modprobe.d/avatar-cam.conf", "etc/modules-load.d/avatar-cam.conf"]
+    assert files_under(home) == []
+    assert "--camera-only" in done.stdout and "sudo modprobe v4l2loopback" in done.stdout
+
+
 def test_bad_option_is_a_message_not_a_mess(repo_copy: Path, tmp_path: Path):
     done = install(repo_copy, "--frobnicate", home=tmp_path)
     assert done.returncode != 0

@@ -1,0 +1,181 @@
+"""What the guest's report says, as a call app's user would put it: which devices Chromium listed, whether the
+portrait arrived, whether the mouth moved with the voice and rested in silence, how far the mouth trailed the
+voice, what a photo switch, a pause and a restart at another size did to the track, and what ffmpeg saw.
+
+All times are epoch milliseconds on the guest's clock, as the page stamped what it received.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+MOUTH_OPEN = 2.0  # mean |difference| (0-255) inside the mouth box above which the mouth counts as moved
+OUTSIDE_SAME = 6.0  # mean |difference| outside the box below which a frame counts as the photo's still frame
+VOICE_FRACTION = 0.08  # an audio block is voice above this fraction of the loudest block
+VOICE_GAP_MS = 800  # silence before a voice onset
+ONSET_SEARCH_MS = (-1000, 2500)  # where a mouth opening is looked for around a voice onset
+
+
+@dataclass
+class Window:
+    start: float
+    end: float
+
+    def holds(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+
+def marks(report: dict) -> dict[str, float]:
+    """The first time of each scenario mark."""
+    found: dict[str, float] = {}
+    for m in report.get("timeline", []):
+        found.setdefault(m["what"], m["t"])
+    return found
+
+
+def photo_at(t: float, report: dict, names: list[str]) -> str:
+    switched = marks(report).get("ctl photo answered")
+    return names[1] if switched is not None and t >= switched else names[0]
+
+
+def mouth_of(sample: dict, photo: str) -> float | None:
+    ref = sample["refs"].get(photo)
+    return ref["mouth"] if ref else None
+
+
+def voice_blocks(audio: list[dict]) -> tuple[list[tuple[float, bool]], float]:
+    if not audio:
+        return [], 0.0
+    loudest = max(a["rms"] for a in audio)
+    threshold = loudest * VOICE_FRACTION
+    return [(a["t"], a["rms"] > threshold) for a in audio], threshold
+
+
+def voice_onsets(blocks: list[tuple[float, bool]]) -> list[float]:
+    onsets, last_voice = [], None
+    for t, voiced in blocks:
+        if voiced:
+            if last_voice is None or t - last_voice > VOICE_GAP_MS:
+                onsets.append(t)
+            last_voice = t
+    return onsets
+
+
+def voiced_at(blocks: list[tuple[float, bool]], t: float, margin_ms: float = 150) -> bool | None:
+    """True in voice, False well inside silence, None near an edge or where nothing was heard."""
+    near = [v for bt, v in blocks if abs(bt - t) <= margin_ms]
+    if not near:
+        return None
+    return True if all(near) else False if not any(near) else None
+
+
+def mouth_openings(video: list[dict], names: list[str], report: dict, window: Window) -> list[tuple[float, float]]:
+    out = []
+    for s in video:
+        if window.holds(s["t"]):
+            m = mouth_of(s, photo_at(s["t"], report, names))
+            if m is not None:
+                out.append((s["t"], m))
+    return out
+
+
+def onset_lags(onsets: list[float], mouths: list[tuple[float, float]]) -> list[float]:
+    """For each voice onset, ms until the first frame with the mouth moved (negative: before the voice)."""
+    lags = []
+    for onset in onsets:
+        lo, hi = onset + ONSET_SEARCH_MS[0], onset + ONSET_SEARCH_MS[1]
+        # Start from a closed mouth: skip frames still open from an earlier phrase.
+        closed = [t for t, m in mouths if lo <= t <= onset and m <= MOUTH_OPEN]
+        start = closed[-1] if closed else lo
+        opened = next((t for t, m in mouths if start < t <= hi and m > MOUTH_OPEN), None)
+        if opened is not None:
+            lags.append(round(opened - onset, 1))
+    return lags
+
+
+def share(values: list[bool]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None
+
+
+def talking_checks(report: dict, names: list[str]) -> dict:
+    page, m = report["page"], marks(report)
+    window = Window(m.get("silence ends", 0) - 2500, m.get("ctl photo", float("inf")))
+    blocks, threshold = voice_blocks([a for a in page["audio"] if window.holds(a["t"])])
+    mouths = mouth_openings(page["video"], names, report, window)
+    in_voice = [mo > MOUTH_OPEN for t, mo in mouths if voiced_at(blocks, t) is True]
+    in_silence = [mo > MOUTH_OPEN for t, mo in mouths if voiced_at(blocks, t) is False]
+    onsets = voice_onsets(blocks)
+    lags = onset_lags(onsets, mouths)
+    return {"voice_threshold_rms": threshold, "frames": len(mouths), "frames_in_voice": len(in_voice),
+            "frames_in_silence": len(in_silence), "mouth_moved_in_voice": share(in_voice),
+            "mouth_moved_in_silence": share(in_silence), "voice_onsets": len(onsets), "onset_to_mouth_ms": lags,
+            "median_onset_to_mouth_ms": statistics.median(lags) if lags else None}
+
+
+def portrait_checks(report: dict, names: list[str]) -> dict:
+    page, m = report["page"], marks(report)
+    out = {}
+    for label, window in (("before_switch", Window(0, m.get("ctl photo", float("inf")))),
+                          ("after_switch", Window(m.get("ctl photo answered", float("inf")) + 1000,
+                                                  m.get("ctl quit", float("inf"))))):
+        samples = [s for s in page["video"] if window.holds(s["t"]) and s["refs"]]
+        if not samples:
+            out[label] = None
+            continue
+        shown = photo_at(samples[0]["t"], report, names)
+        other = names[1] if shown == names[0] else names[0]
+        out[label] = {"photo": shown, "frames": len(samples), "sizes": sorted({f"{s['w']}x{s['h']}" for s in samples}),
+                      "outside_mouth_diff_median": statistics.median(s["refs"][shown]["outside"] for s in samples),
+                      "outside_mouth_diff_vs_other_photo": statistics.median(s["refs"][other]["outside"] for s in samples),
+                      "frame_std_median": statistics.median(s["std"] for s in samples),
+                      "frame_mean_median": statistics.median(s["mean"] for s in samples)}
+    return out
+
+
+def pause_checks(report: dict, names: list[str]) -> dict:
+    page, m = report["page"], marks(report)
+    paused = Window(m.get("ctl pause answered", float("inf")), m.get("ctl resume", float("inf")))
+    resumed = Window(m.get("ctl resume answered", float("inf")), m.get("ctl quit", float("inf")))
+    result = {}
+    for label, window in (("paused", paused), ("resumed", resumed)):
+        blocks, _ = voice_blocks([a for a in page["audio"] if window.holds(a["t"])])
+        mouths = mouth_openings(page["video"], names, report, window)
+        voiced = [mo > MOUTH_OPEN for t, mo in mouths if voiced_at(blocks, t) is True]
+        result[label] = {"frames": len(mouths), "frames_in_voice": len(voiced), "mouth_moved_in_voice": share(voiced)}
+    return result
+
+
+def track_events(report: dict) -> list[dict]:
+    return [{"t": e["t"], "what": e["what"], "detail": e["detail"]} for e in report["page"]["events"]
+            if e["what"] in ("ended", "mute", "unmute", "size")]
+
+
+def restart_checks(report: dict) -> dict:
+    m = marks(report)
+    quit_at = m.get("ctl quit", float("inf"))
+    after = [s for s in report["page"]["video"] if s["t"] > quit_at]
+    events = [e for e in track_events(report) if e["t"] > quit_at]
+    return {"events_after_quit": events, "frames_after_quit": len(after),
+            "sizes_after_quit": sorted({f"{s['w']}x{s['h']}" for s in after}),
+            "frames_after_restart": len([s for s in after if s["t"] > m.get("daemon running", 0) and s["t"] > quit_at]),
+            "last_track_state": report["page"].get("last")}
+
+
+def devices_listed(report: dict) -> dict:
+    opened = next((e["detail"] for e in report["page"]["events"] if e["what"] == "opened"), None)
+    if opened is None:
+        return {"opened": False, "fatal": report["page"].get("fatal")}
+    labels = [(d["kind"], d["label"]) for d in opened["listed"]]
+    return {"opened": True, "listed": labels, "tracks": opened["tracks"]}
+
+
+def summarize(report: dict) -> dict:
+    names = [r["name"] for r in report["job"]["references"]][::2]  # one name per photo, in job order
+    ended_before_quit = [e for e in track_events(report)
+                         if e["what"] == "ended" and e["t"] < marks(report).get("ctl quit", float("inf"))]
+    return {"devices": devices_listed(report), "portrait": portrait_checks(report, names),
+            "talking": talking_checks(report, names), "pause": pause_checks(report, names),
+            "ended_before_restart": ended_before_quit, "restart_at_new_size": restart_checks(report),
+            "track_events": track_events(report), "frames_received": len(report["page"]["video"]),
+            "audio_blocks_received": len(report["page"]["audio"])}

@@ -1,0 +1,97 @@
+"""Booting the guest: QEMU with Debian's kernel, the host's root shared read-only, a results folder shared
+read-write, and a script of ours as the guest's first process.
+
+Software emulation (TCG) is the default: /dev/kvm on the development machines is a paravirtual hypervisor
+that cannot run a stock kernel. `AVATAR_GUEST_KVM=1` asks for KVM where it really works. QEMU always runs
+under a time limit, so a guest that hangs is killed and the caller still gets the console log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit import GuestKit, GuestKitMissing
+
+QEMU = "qemu-system-x86_64"
+
+
+@dataclass
+class Boot:
+    returncode: int  # QEMU's, or 124 when `timeout` killed it
+    seconds: float
+    console: str
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode == 124
+
+
+def qemu_available() -> str:
+    """Path to QEMU, or GuestKitMissing with the reason."""
+    path = shutil.which(QEMU)
+    if path is None:
+        raise GuestKitMissing(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    return path
+
+
+def _accel() -> list[str]:
+    if os.environ.get("AVATAR_GUEST_KVM") == "1" and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def qemu_command(kit: GuestKit, guest_main: Path, results: Path, memory: str = "4G") -> list[str]:
+    share = "security_model=none,multidevs=remap"
+    return [
+        qemu_available(), *_accel(), "-m", memory, "-smp", str(min(os.cpu_count() or 1, 2)),
+        "-nographic", "-no-reboot", "-nic", "none",
+        "-kernel", str(kit.vmlinuz), "-initrd", str(kit.initrd),
+        "-append", f"console=ttyS0 panic=-1 quiet guest_main={guest_main}",
+        "-virtfs", f"local,path=/,mount_tag=hostroot,{share},readonly=on",
+        "-virtfs", f"local,path={results},mount_tag=results,{share}",
+    ]
+
+
+def boot(kit: GuestKit, guest_main: Path, results: Path, timeout_s: float, pause_file: Path | None = None) -> Boot:
+    """Run the guest until it powers off (or `timeout_s`); its console goes to results/console.log.
+
+    While `pause_file` exists (a shared machine's "quiet, benchmarks running" flag) QEMU is stopped
+    (SIGSTOP) and the time limit waits too. QEMU is killed, whatever happens, when this returns.
+    """
+    results.mkdir(parents=True, exist_ok=True)
+    console = results / "console.log"
+    start = time.monotonic()
+    deadline = start + timeout_s
+    with console.open("wb") as out:
+        qemu = subprocess.Popen(qemu_command(kit, guest_main, results), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            while qemu.poll() is None and time.monotonic() < deadline:
+                if pause_file is not None and pause_file.exists():
+                    deadline += _paused_while(qemu, pause_file)
+                time.sleep(0.5)
+        finally:
+            timed_out = qemu.poll() is None
+            if timed_out:
+                qemu.kill()
+            qemu.wait()
+    returncode = 124 if timed_out else qemu.returncode
+    return Boot(returncode, time.monotonic() - start, console.read_text(errors="replace"))
+
+
+def _paused_while(qemu: subprocess.Popen, pause_file: Path) -> float:
+    """Stop QEMU until pause_file is gone; returns the seconds it was stopped."""
+    began = time.monotonic()
+    qemu.send_signal(signal.SIGSTOP)
+    try:
+        while pause_file.exists():
+            time.sleep(5)
+    finally:
+        qemu.send_signal(signal.SIGCONT)
+    return time.monotonic() - began

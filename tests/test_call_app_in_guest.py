@@ -1,0 +1,155 @@
+"""Avatar Cam as a call app sees it: a real v4l2loopback device and headless Chromium, in a QEMU guest.
+
+One boot runs everything in order (tests/guest/in_guest.py): the install script's camera step, the daemon
+with the Lite engine and Avatar Cam Microphone, Chromium reading both devices while speech plays, a photo
+switch, pause and resume, ffmpeg reading the device beside Chromium, and a restart at another size. The
+tests below then read what was seen. Skipped, with the reason, where QEMU or the Debian kernel pieces cannot be had.
+
+Evidence: .guest-cache/evidence/ (report.json: everything the guest measured; checks.json: the summary;
+chromium_*.png: frames as Chromium drew them; console.log, guest.log, daemon*.log, chromium.log).
+The bounds are loose on purpose: the guest is software-emulated, about ten times slower than the host.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "guest"))
+
+import analysis  # noqa: E402
+import scenario  # noqa: E402
+from kit import GuestKitMissing, build_kit  # noqa: E402
+from vm import qemu_available  # noqa: E402
+
+EVIDENCE = scenario.REPO / ".guest-cache" / "evidence"
+GUEST_TIMEOUT_S = 1500  # under emulation on a busy 2-core machine a run took ~15 min; ~5 on a quiet one
+LAG_BOUND_MS = 1500  # voice onset to mouth opening, as Chromium received both (loose: emulation)
+
+
+@pytest.fixture(scope="module")
+def guest():
+    try:
+        qemu_available()
+        build_kit()
+    except GuestKitMissing as exc:
+        pytest.skip(f"no guest VM here: {exc}")
+    shutil.rmtree(EVIDENCE, ignore_errors=True)
+    booted, report = scenario.run(EVIDENCE, GUEST_TIMEOUT_S)
+    if not report.get("page"):
+        pytest.fail(f"the guest reported nothing from the call page; see {EVIDENCE}/guest.log and console.log")
+    summary = analysis.summarize(report)
+    checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1)},
+              "steps": {k: {"ok": v["ok"], "seconds": v["seconds"]} for k, v in report.get("steps", {}).items()},
+              **summary}
+    (EVIDENCE / "checks.json").write_text(json.dumps(checks, indent=1))
+    print(f"\nguest evidence: {EVIDENCE} (checks.json, report.json, chromium_*.png)")
+    print(json.dumps(checks, indent=1))
+    return booted, report, summary
+
+
+def step(report: dict, name: str) -> dict:
+    found = report["steps"].get(name)
+    assert found is not None, f"the guest never reached step {name!r}"
+    assert found["ok"], found.get("error")
+    return found["result"]
+
+
+def test_the_guest_boots_runs_the_checks_and_powers_off(guest):
+    booted, report, _ = guest
+    assert not booted.timed_out, booted.console[-2000:]
+    assert booted.returncode == 0
+    assert (EVIDENCE / "exit_code").read_text().strip() == "0", (EVIDENCE / "guest.log").read_text()[-3000:]
+
+
+def test_install_script_makes_the_camera_that_loads_at_boot(guest):
+    _, report, _ = guest
+    camera = step(report, "camera install")
+    before = camera["doctor_before"]["camera"]
+    assert not before["ok"] and "modprobe v4l2loopback" in before["fix"] and "exclusive_caps=1" in before["fix"]
+    assert camera["install"]["rc"] == 0, camera["install"]
+    assert camera["plain_modprobe"]["rc"] == 0
+    assert "Avatar Cam" in camera["devices"].values()
+    assert camera["exclusive_caps"].split(",")[0] in ("Y", "1")
+    assert camera["doctor_after"]["camera"]["ok"], camera["doctor_after"]
+    assert camera["doctor_after"]["at_boot"]["ok"], camera["doctor_after"]
+
+
+def test_chromium_lists_and_opens_avatar_cam_and_its_microphone(guest):
+    _, report, summary = guest
+    step(report, "chromium opens the devices")
+    listed = summary["devices"]["listed"]
+    assert ("videoinput", "Avatar Cam") in listed
+    assert ("audioinput", "Avatar Cam Microphone") in listed
+    assert {t["label"] for t in summary["devices"]["tracks"]} == {"Avatar Cam", "Avatar Cam Microphone"}
+
+
+def test_the_portrait_arrives_not_a_black_or_grey_frame(guest):
+    _, _, summary = guest
+    seen = summary["portrait"]["before_switch"]
+    assert seen is not None and seen["frames"] >= 20
+    assert seen["sizes"] == [f"{w}x{h}" for w, h in [scenario.FIRST_SIZE]]
+    assert seen["frame_std_median"] > 20  # a photo, not a flat frame
+    assert seen["outside_mouth_diff_median"] < analysis.OUTSIDE_SAME
+    assert seen["outside_mouth_diff_vs_other_photo"] > 2 * seen["outside_mouth_diff_median"]
+
+
+def test_the_mouth_moves_with_the_voice_and_rests_in_silence(guest):
+    _, _, summary = guest
+    talk = summary["talking"]
+    assert talk["frames_in_voice"] >= 10 and talk["frames_in_silence"] >= 10, talk
+    assert talk["mouth_moved_in_voice"] > 0.5, talk
+    assert talk["mouth_moved_in_silence"] < 0.15, talk
+
+
+def test_the_mouth_follows_the_voice_as_chromium_receives_them(guest):
+    _, _, summary = guest
+    talk = summary["talking"]
+    print(f"voice onset -> mouth opening, as Chromium received them: {talk['onset_to_mouth_ms']} ms")
+    assert len(talk["onset_to_mouth_ms"]) >= 2, talk
+    assert abs(talk["median_onset_to_mouth_ms"]) < LAG_BOUND_MS, talk
+
+
+def test_a_photo_switch_changes_the_face_and_the_track_stays_live(guest):
+    _, report, summary = guest
+    step(report, "photo switch")
+    after = summary["portrait"]["after_switch"]
+    assert after is not None and after["frames"] >= 10
+    assert after["outside_mouth_diff_median"] < analysis.OUTSIDE_SAME, after
+    assert after["outside_mouth_diff_vs_other_photo"] > 2 * after["outside_mouth_diff_median"], after
+    assert summary["ended_before_restart"] == [], summary["track_events"]
+
+
+def test_pause_holds_the_mouth_still_and_resume_brings_it_back(guest):
+    _, report, summary = guest
+    step(report, "pause and resume")
+    paused, resumed = summary["pause"]["paused"], summary["pause"]["resumed"]
+    assert paused["frames_in_voice"] >= 5 and resumed["frames_in_voice"] >= 5, summary["pause"]
+    assert paused["mouth_moved_in_voice"] < 0.1, summary["pause"]
+    assert resumed["mouth_moved_in_voice"] > 0.5, summary["pause"]
+
+
+def test_ffmpeg_reads_the_device(guest):
+    _, report, _ = guest
+    seen = step(report, "ffmpeg")
+    print(f"ffmpeg: {seen['stream']}; {seen['frames']} frames at {seen['measured_fps']} fps")
+    assert seen["stream"] and "yuv420p" in seen["stream"]
+    w, h = scenario.FIRST_SIZE
+    assert f"{w}x{h}" in seen["stream"]
+    assert seen["frames"] >= 5
+    assert (EVIDENCE / "ffmpeg_frame.png").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="product defect: while a call app holds the camera, the daemon cannot "
+                   "reopen it at a new size (pyvirtualcam: 'No v4l2 loopback device found'); see the report")
+def test_a_restart_at_another_size_brings_the_camera_back_while_the_call_app_watches(guest):
+    _, report, summary = guest
+    restart = step(report, "restart at another size")
+    print(f"restart at another size: {json.dumps(summary['restart_at_new_size'])[:1500]}")
+    assert "failed" not in restart["daemon"], restart["daemon"]
+    w, h = scenario.SECOND_SIZE
+    assert f"{w}x{h}" in summary["restart_at_new_size"]["sizes_after_quit"]
