@@ -85,3 +85,26 @@ def installed_random_model(random_checkpoint: Path, user_dirs: Path) -> Path:
     from avatar_cam.weights.store import import_checkpoint
 
     return import_checkpoint(random_checkpoint, name="wav2lip_gan").path
+
+
+@pytest.fixture()
+def server():
+    """A local HTTP server whose misbehaviour each test chooses (helpers.LocalServer)."""
+    from helpers import LocalServer
+
+    s = LocalServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def runtime_dir(monkeypatch: pytest.MonkeyPatch):
+    """A private, short XDG_RUNTIME_DIR for the control socket (a Unix socket path must fit in ~100 bytes)."""
+    import shutil
+
+    from helpers import short_runtime_dir
+
+    d = short_runtime_dir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -11,20 +11,13 @@ from pathlib import Path
 
 import hostile_checkpoints as h
 import pytest
-from helpers import Endless, LocalServer, Serve, run_cli
+from helpers import Endless, Serve, run_cli
 
 from avatar_cam import paths
 from avatar_cam.errors import DownloadError
 from avatar_cam.wav2lip.checkpoint import MAX_FILE_BYTES, validate_checkpoint
 from avatar_cam.weights import store
 from avatar_cam.weights.download import download
-
-
-@pytest.fixture
-def server():
-    s = LocalServer()
-    yield s
-    s.close()
 
 
 def models_folder() -> list[str]:

@@ -63,12 +63,6 @@ def live(live_daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch) -> DaemonP
     return live_daemon
 
 
-@pytest.fixture()
-def runtime_dir(monkeypatch: pytest.MonkeyPatch):
-    d = short_runtime_dir()
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def ctl(*args: str, ok: bool = True):

@@ -6,14 +6,13 @@ These daemons keep the camera off unless a test needs it, so they start in well 
 
 from __future__ import annotations
 
-import shutil
 import signal
 import stat
 import time
 from pathlib import Path
 
 import pytest
-from helpers import DaemonProcess, run_cli, short_runtime_dir
+from helpers import DaemonProcess, run_cli
 
 from avatar_cam import paths
 from avatar_cam.daemon import control_client, instance
@@ -25,12 +24,6 @@ RUN_PRODUCT = Path(__file__).with_name("run_product.py")
 READY_TIMEOUT_S = 60.0  # generous: CI machines are small and shared
 
 
-@pytest.fixture()
-def runtime_dir(monkeypatch: pytest.MonkeyPatch):
-    d = short_runtime_dir()
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture()

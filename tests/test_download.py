@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LocalServer, Serve, Stall, Status, closed_port_url
+from helpers import Serve, Stall, Status, closed_port_url
 
 from avatar_cam.errors import DownloadError
 from avatar_cam.wav2lip.checkpoint import validate_checkpoint
@@ -16,11 +16,6 @@ from avatar_cam.weights.download import download
 # --- a local server whose misbehaviour each test chooses ----------------------------------------------
 
 
-@pytest.fixture
-def server():
-    s = LocalServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="session")

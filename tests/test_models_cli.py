@@ -11,18 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import LocalServer, Serve, Status, closed_port_url, run_cli
+from helpers import Serve, Status, closed_port_url, run_cli
 
 from avatar_cam import paths
 from avatar_cam.errors import AvatarCamError, CheckpointError, ModelNotInstalledError
 from avatar_cam.weights import store as model_store
-
-
-@pytest.fixture
-def server():
-    s = LocalServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="session")
