@@ -177,12 +177,7 @@ class PulseDevices:
         if was_default:
             with contextlib.suppress(VirtualMicError):
                 self._restore_defaults()
-        if janitor is not None:
-            with contextlib.suppress(OSError, ValueError):
-                janitor.stdin.write(b"released\n")
-                janitor.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                janitor.wait(timeout=5)
+        _release(janitor)
         if modules:
             log.info("removed %r", self.description)
 
@@ -190,12 +185,7 @@ class PulseDevices:
         """The server that held our modules is gone (and with it the modules): let the janitor go, unload nothing."""
         self.modules = []
         janitor, self._janitor = self._janitor, None
-        if janitor is not None:
-            with contextlib.suppress(OSError, ValueError):
-                janitor.stdin.write(b"released\n")
-                janitor.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                janitor.wait(timeout=5)
+        _release(janitor)
 
     def route(self, stream_tag: str) -> None:
         """Make sure the playback stream tagged `stream_tag` plays into our sink (move it if it landed elsewhere)."""
@@ -226,3 +216,14 @@ def pulse_output_index() -> int:
             return outputs[name]
     raise VirtualMicError("PortAudio sees no 'pulse' output, so it cannot play into the virtual microphone",
                           hint="sudo apt install libasound2-plugins (ALSA's pulse plugin)")
+
+
+def _release(janitor: subprocess.Popen | None) -> None:
+    """Tell the janitor we cleaned up ourselves, so it unloads nothing, and let it end."""
+    if janitor is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        janitor.stdin.write(b"released\n")
+        janitor.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        janitor.wait(timeout=5)
