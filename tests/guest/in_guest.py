@@ -175,10 +175,10 @@ def write_settings(width: int, height: int) -> None:
 def status() -> dict:
     """The daemon's status through its control socket, in this process (what `ctl status --json` prints,
     without starting a Python for each poll: that takes seconds under emulation)."""
-    from avatar_cam import control
+    from avatar_cam.daemon import control_client
 
     try:
-        return control.send("status", None, timeout=30).get("status") or {}
+        return control_client.send("status", None, timeout=30).get("status") or {}
     except Exception as exc:  # noqa: BLE001  (not up yet, or too busy to answer)
         return {"state": None, "error": f"{type(exc).__name__}: {exc}"}
 

@@ -41,9 +41,9 @@ def write_photos(folder: Path) -> list[Path]:
 
 def reference(photo: Path, size: tuple[int, int], out: Path) -> dict:
     """The product's still frame of `photo` at `size` (PNG, RGB order as browsers read it) and its mouth box."""
-    from avatar_cam.compositor import Compositor, OutputFormat
-    from avatar_cam.lite_engine import LiteLipSync
-    from avatar_cam.portrait import Portrait
+    from avatar_cam.lipsync.lite import LiteLipSync
+    from avatar_cam.video.compositor import Compositor, OutputFormat
+    from avatar_cam.video.portrait import Portrait
 
     portrait = Portrait.load(photo)
     compositor = Compositor(portrait, OutputFormat(width=size[0], height=size[1]))
