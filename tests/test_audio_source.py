@@ -299,7 +299,9 @@ def test_microphone_records_what_the_speaker_plays(pulse_server, speech_wav: Pat
     times = np.array([ring.arrival_time(int(i)) for i in k])
     slope, _ = np.polyfit(k, times, 1)
     assert slope * SAMPLE_RATE == pytest.approx(1.0, abs=0.01)
-    assert np.all(np.diff(times) > 0)
+    # A sound server hands blocks over in bursts and PortAudio's ADC times jitter by up to a block, so a block
+    # can be stamped a little before the one it follows; never by more than a block (10 ms) and a bit.
+    assert np.diff(times).min() > -0.015, np.sort(np.diff(times))[:5]
     assert ring.total / SAMPLE_RATE == pytest.approx(t_stop - t_start, abs=0.15)
     assert ring.arrival_time(ring.total - 1) <= t_stop
     # Capture -> readable in the ring: the PortAudio block plus what the resampler holds back (~20-40 ms).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,6 @@ from avatar_cam.audio.devices import (
 from avatar_cam.audio.file_stream import check_audio_file, unreadable
 from avatar_cam.audio.ring import SAMPLE_RATE, AudioRing
 from avatar_cam.errors import AudioError
-
-OFFSET_WINDOW_S = 2.0  # the capture clock is estimated from the least delayed block of this long
-OFFSET_SLEW = 0.1  # s/s: how fast that estimate may move earlier (stamps still advance 90% of real time)
 
 
 def load_audio(path) -> np.ndarray:
@@ -171,9 +167,6 @@ class MicrophoneSource:
         self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
         self._in_count = self._out_count = 0  # native samples in / 16 kHz samples out in this run
         self._anchor = (time.monotonic(), 0)  # (capture time, native index) of the latest block's first sample
-        self._offsets: deque[tuple[float, float]] = deque()  # (when, clock offset estimate) of recent blocks
-        self._offset: float | None = None
-        self._lag: float | None = None  # the ADC lag PortAudio last reported plausibly
         self._stopping, self.overflows = False, 0
 
     def _end(self) -> None:
@@ -187,36 +180,16 @@ class MicrophoneSource:
             # The block's last sample reached us by now, so its first one was captured at least a block ago.
             # The ADC time (on PortAudio's own clock) says how much earlier; ALSA's pulse plugin sometimes
             # reports no delay at all (seen at 48 kHz), so an implausible ADC time falls back to that bound.
-            # It reports one now and then not at the next block; the last plausible lag is kept for those, else
-            # stamps would jump back and forth by a block.
+            first = now - (frames - 1) / self.native_rate
             lag = t.currentTime - t.inputBufferAdcTime
             if t.inputBufferAdcTime > 0 and (frames - 1) / self.native_rate < lag < 1.0:
-                self._lag = lag
-            first = now - (self._lag if self._lag is not None else (frames - 1) / self.native_rate)
-            self._anchor = (self._steady(now, first - self._in_count / self.native_rate, frames) + self._in_count
-                            / self.native_rate, self._in_count)
+                first = now - lag
+            self._anchor = (first, self._in_count)
             mono = indata[:, 0] if indata.shape[1] == 1 else indata.mean(axis=1, dtype=np.float32)
             self._in_count += frames
             self._emit(self._resampler.resample_chunk(np.ascontiguousarray(mono)))
         except Exception as e:  # noqa: BLE001  (never raise into PortAudio's thread)
             self.status = f"error: {type(e).__name__}: {e}"
-
-    def _steady(self, now: float, offset: float, frames: int) -> float:
-        """The stream's clock offset (capture time of native sample 0), from this block's estimate `offset`.
-
-        Blocks reach us in bursts (a sound server hands over ~30 ms at once), so each block's own estimate is late
-        by a varying amount; the least late of the last `OFFSET_WINDOW_S` is the best. It follows a later
-        minimum at once, and an earlier one at most `OFFSET_SLEW` s per s: stamps then always advance (a block is
-        never stamped before the one it follows), and one late callback never shifts the stamps after it."""
-        self._offsets.append((now, offset))
-        while self._offsets[0][0] < now - OFFSET_WINDOW_S:
-            self._offsets.popleft()
-        best = min(o for _, o in self._offsets)
-        if self._offset is None or best > self._offset:
-            self._offset = best
-        else:
-            self._offset = max(best, self._offset - OFFSET_SLEW * frames / self.native_rate)
-        return self._offset
 
     def _emit(self, out: np.ndarray) -> None:
         if len(out):

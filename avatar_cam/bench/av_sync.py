@@ -23,6 +23,8 @@ from avatar_cam.bench.cameras import TIMED_BACKEND, TimedCamera
 from avatar_cam.bench.common import ProcessCpu, answer, bench_renderer, bench_speech, picture_options
 from avatar_cam.bench.sync_analysis import steady_clock, sync_report
 from avatar_cam.errors import AvatarCamError, VirtualMicError
+from avatar_cam.live.performance import DEFAULT, MODES
+from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.pipeline import LivePipeline
 from avatar_cam.outputs.camera import VirtualCameraSink
 from avatar_cam.vmic.microphone import VirtualMicrophone
@@ -35,11 +37,14 @@ def register(kinds) -> None:
                          help="voice vs lips as a call app gets them: Avatar Cam Microphone against the camera")
     p.add_argument("--seconds", type=float, default=30.0, help="how long to speak (default 30; drift needs minutes)")
     p.add_argument("--offset-ms", type=float, default=0.0, help="manual offset on top of the measured delay")
+    p.add_argument("--performance", choices=tuple(MODES), default=DEFAULT,
+                   help=f"performance mode (default {DEFAULT}): its mouth rate bounds how closely the lips can follow")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    r = av_sync_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps, args.offset_ms)
+    r = av_sync_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps, args.offset_ms,
+                      args.performance)
     return answer(args, r, _print_av_sync)
 
 
@@ -97,13 +102,13 @@ def _wait_until_settled(pipeline, timeout: float = 20.0) -> None:
 
 def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path | None = None,
                   checkpoint: Path | None = None, size: str = "1280x720", fps: float = 30.0,
-                  offset_ms: float = 0.0) -> dict:
+                  offset_ms: float = 0.0, performance: str = DEFAULT) -> dict:
     _need_sound_server()
     pyvirtualcam.register_backend(TIMED_BACKEND, TimedCamera)
     speaker = "avatar_cam_bench_speaker"
     with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        renderer, clock, weights_note = bench_renderer(work, "wav2lip", photo, checkpoint, size, fps)
+        renderer, clock, weights_note = bench_renderer(work, "wav2lip", photo, checkpoint, size, fps, performance)
         w, h = renderer.compositor.fmt.width, renderer.compositor.fmt.height
         speech = bench_speech(audio, work, seconds)
 
@@ -124,7 +129,8 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
             mouth_time = clock.audio_time(rec.mouth_index) if rec.mouth_index >= 0 else rec.audio_time
             shown.append((rec.index, mouth_time, rec.inferred, rec.latency, rec.lateness))
 
-        pipeline = LivePipeline(renderer, [camera], ring, clock, on_frame=on_frame)
+        pipeline = LivePipeline(renderer, [camera], ring, clock, on_frame=on_frame,
+                                performance=performance_mode(performance))
         pipeline.pace = vmic.frame_due
         with pulse_env({"PULSE_SOURCE": f"{speaker}.monitor"}):
             mic.start()

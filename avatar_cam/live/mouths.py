@@ -50,6 +50,7 @@ class MouthWorker:
         self._cpu: deque[float] = deque(maxlen=30)  # CPU seconds per inference (this thread's), recent
         self._done: deque[float] = deque(maxlen=256)  # when recent mouths were ready
         self.requested = self.replaced = self.inferred = 0
+        self._busy_with = -1  # the frame whose mouth the thread is drawing now (or drew last)
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -66,18 +67,28 @@ class MouthWorker:
             self._thread.join(timeout=5)
 
     # --- the frame thread ----------------------------------------------------------------------------------
-    def request(self, index: int, audio_time: float, mel_window: np.ndarray, generation: int) -> None:
-        """Frame `index` is talking and its mel window is complete: draw its mouth if the rate allows."""
+    def request(self, index: int, audio_time: float, mel_window: np.ndarray, generation: int) -> bool:
+        """Frame `index` is talking and its mel window is complete: draw its mouth if the rate allows (True)."""
         gap = self.fps / self.target_hz()
         if index + 0.5 < self._next_due:
-            return  # the rate cap: this frame will show the previous mouth
+            return False  # the rate cap: this frame will show the previous mouth
         self._next_due = max(self._next_due + gap, index + 0.5 * gap) if self._next_due > index - 2 * gap else index + gap
         with self._cond:
             if self._job is not None:
                 self.replaced += 1  # the thread is busy: the newer frame's mouth is worth more
             self._job = (index, audio_time, mel_window, generation)
             self.requested += 1
-            self._cond.notify()
+            self._cond.notify_all()
+        return True
+
+    def wait_for_mouth(self, index: int, until: float) -> None:
+        """Wait until frame `index`'s mouth is drawn (or a later one), or time.monotonic() reaches `until`."""
+        with self._cond:
+            while not (self._mouths and self._mouths[-1].index >= index) and not self._stop:
+                left = until - time.monotonic()
+                if left <= 0 or (self._job is None and self._busy_with < index):
+                    return  # out of time, or its request was replaced: it will not come
+                self._cond.wait(left)
 
     def best(self, index: int, generation: int) -> Mouth | None:
         """The newest mouth drawn for frame `index` or before it (never from its future), for the current face,
@@ -124,6 +135,7 @@ class MouthWorker:
                 if self._stop:
                     return
                 job, self._job = self._job, None
+                self._busy_with = job[0]
             try:
                 self._draw(*job)
             except Exception:  # noqa: BLE001 - the camera keeps going on the mouths it has
@@ -138,6 +150,8 @@ class MouthWorker:
         self._wall.append(time.perf_counter() - t0)
         self._cpu.append(time.thread_time() - c0)
         now = time.monotonic()
-        self._mouths.append(Mouth(index, audio_time, pixels[0], generation, now))
+        with self._cond:
+            self._mouths.append(Mouth(index, audio_time, pixels[0], generation, now))
+            self._cond.notify_all()
         self._done.append(now)
         self.inferred += 1

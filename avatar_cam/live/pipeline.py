@@ -42,6 +42,7 @@ from avatar_cam.video.portrait import Portrait
 log = logging.getLogger(__name__)
 
 MAX_HOLD_S = 0.1  # pacing never holds a frame longer than this (a wrong clock must not freeze the camera)
+PACED_DRAW_S = 0.008  # a paced frame stops waiting for its own mouth this long before its voice plays
 
 
 class LivePipeline:
@@ -251,9 +252,14 @@ class LivePipeline:
             self.mouths.start()
         info = renderer.gate_frame(k, audio, self.paused)
         generation = renderer.generation
-        if info.alpha > 0:
-            self.mouths.request(k, info.audio_time, window, generation)
+        asked = info.alpha > 0 and self.mouths.request(k, info.audio_time, window, generation)
         slot = ready + self.mouths.slot_wait_s()
+        due = self._due(info.audio_time) if asked else None
+        if due is not None:
+            # Paced by the voice: the frame leaves when its voice plays, later than its slot, so it may wait for its
+            # own mouth until just before then (the lips then match the voice to the frame, not to the mouth rate).
+            self.mouths.wait_for_mouth(k, min(due - PACED_DRAW_S, ready + MAX_HOLD_S + 0.2))
+            slot = max(slot, time.monotonic())
         wait = slot - time.monotonic()
         if wait > 0:
             self._stop.wait(wait)
