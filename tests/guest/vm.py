@@ -90,7 +90,7 @@ def _paused_while(qemu: subprocess.Popen, pause_file: Path) -> float:
     began = time.monotonic()
     qemu.send_signal(signal.SIGSTOP)
     try:
-        while pause_file.exists():
+        while pause_file.exists() and qemu.poll() is None:
             time.sleep(5)
     finally:
         qemu.send_signal(signal.SIGCONT)
