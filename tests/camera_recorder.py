@@ -28,9 +28,10 @@ class RecordingCamera:
         RecordingCamera.instances.append(self)
 
     def send(self, frame) -> None:
-        self.times.append(time.monotonic())
-        if self.keep_frames:
+        now = time.monotonic()
+        if self.keep_frames:  # the frame first: a reader that sees a time always finds its frame
             self.frames.append(np.asarray(frame).reshape(self.shape).copy())
+        self.times.append(now)
 
     def close(self) -> None:
         self.closed = True
