@@ -7,7 +7,11 @@ index and the engines' state only on the talking frames, in order).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import queue
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,9 +22,12 @@ from avatar_cam.audio.voice_gate import VoiceGate
 from avatar_cam.lipsync.protocol import LipSync
 from avatar_cam.live.frame_clock import FrameClock
 from avatar_cam.live.mel_windows import mel_window
+from avatar_cam.thread_priority import give_way
 from avatar_cam.video.compositor import Compositor, OutputFormat
 from avatar_cam.video.idle_motion import IdleMotion, IdleSettings
 from avatar_cam.video.portrait import Portrait
+
+DRAW_NICE = 10  # how much an offline render's drawing and encoding give way to its inference (see render_clip)
 
 
 @dataclass
@@ -158,16 +165,23 @@ class FrameRenderer:
         info.inferred = True
         return self._draw(index, mouth, info.alpha), info
 
-    def render_clip(self, mel: np.ndarray, audio: np.ndarray, batch: int = 8):
+    def render_clip(self, mel: np.ndarray, audio: np.ndarray, batch: int = 8, ahead: int = 2):
         """Offline: yield (frame, info) for every frame of a whole clip, as fast as the machine allows.
 
-        Gate decisions are made in frame order first, exactly as live; the engine runs on batches of talking
-        frames on a thread of its own ("render-mouths"), one batch ahead, while this thread draws (and the caller
-        encodes) the batch before: inference, compositing and encoding overlap.
+        Gate decisions are made in frame order first, exactly as live. Three threads overlap: the engine runs on
+        batches of talking frames on "render-mouths" (up to `ahead` batches ahead of the drawing), frames are
+        drawn on "render-draw", and the caller takes them (an encoder, in its turn, encodes them).
+
+        Drawing gives way to inference (nice DRAW_NICE; the render's encoder does too): OpenVINO's threads meet
+        at the end of every layer, so a core taken from one of them by drawing or encoding stalls the other and
+        the wait is lost. Giving way, the engine runs undisturbed while it has batches to draw; the others catch
+        up when it runs out (BENCHMARKS.md, session 5, has the render with and without).
         """
         n = self.clock.frame_count(len(audio) / SAMPLE_RATE)
+        frames: queue.Queue = queue.Queue(2 * batch)
+        stop = threading.Event()
 
-        def batches():
+        def gate_batches():
             for first in range(0, n, batch):
                 infos, mels = [], []
                 for k in range(first, min(first + batch, n)):
@@ -184,15 +198,41 @@ class FrameRenderer:
             with self.engine_lock:
                 return self._engine(mels)
 
+        def put(item) -> bool:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    frames.put(item, timeout=0.1)
+                    return True
+            return False
+
+        def draw_all(pool: ThreadPoolExecutor) -> None:  # the "render-draw" thread
+            give_way(DRAW_NICE)
+            try:
+                todo = gate_batches()
+                pending = deque((infos, pool.submit(infer, mels)) for infos, mels in itertools.islice(todo, ahead + 1))
+                while pending:
+                    infos, mouths = pending.popleft()
+                    if (following := next(todo, None)) is not None:  # keep the engine `ahead` batches ahead
+                        pending.append((following[0], pool.submit(infer, following[1])))
+                    for item in self._draw_batch(infos, mouths):
+                        if not put(item):
+                            return
+                put(None)
+            except BaseException as exc:  # handed to the caller, who raises it
+                put(exc)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-mouths") as pool:
-            pending = None
-            for infos, mels in batches():
-                ahead = (infos, pool.submit(infer, mels))
-                if pending is not None:
-                    yield from self._draw_batch(*pending)
-                pending = ahead
-            if pending is not None:
-                yield from self._draw_batch(*pending)
+            drawer = threading.Thread(target=draw_all, args=(pool,), name="render-draw", daemon=True)
+            drawer.start()
+            try:
+                while (item := frames.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:  # finished, failed or abandoned by the caller (an interrupted render): the threads end
+                stop.set()
+                drawer.join()
+                pool.shutdown(cancel_futures=True)
 
     def _draw_batch(self, infos: list[FrameInfo], mouths_future):
         mouths, j = mouths_future.result(), 0

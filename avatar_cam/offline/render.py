@@ -1,8 +1,9 @@
 """The one render loop: a renderer and a sound file -> an mp4 with the sound (`render`, `demo`, `bench render`).
 
 Runs on the caller's thread; the sound file is read as the frames need it (audio/file_stream.py), and an
-interrupted render leaves no partial video and an existing output as it was; the renderer's `render_clip` draws mouths one batch ahead on a thread of its own, and
-ffmpeg encodes in its own process, so inference, compositing and encoding overlap.
+interrupted render leaves no partial video and an existing output as it was. Inference, drawing and encoding
+overlap on threads of their own (the renderer's `render_clip`, the recorder's writer, ffmpeg's process), and
+drawing and encoding give way to inference (`DRAW_NICE`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from avatar_cam.audio.file_stream import StreamedAudio
 from avatar_cam.audio.ring import SAMPLE_RATE
 from avatar_cam.errors import AvatarCamError
+from avatar_cam.live.renderer import DRAW_NICE
 from avatar_cam.outputs.recorder import Mp4Recorder
 
 
@@ -27,7 +29,7 @@ def render_video(renderer, audio_path: Path, output: Path, progress: bool = True
     audio = StreamedAudio(audio_path)  # decoded as the frames need it: memory does not grow with the length
     fmt, clock = renderer.compositor.fmt, renderer.clock
     n = clock.frame_count(len(audio) / SAMPLE_RATE)
-    rec = Mp4Recorder(output, fmt.width, fmt.height, clock.fps, audio=audio_path)
+    rec = Mp4Recorder(output, fmt.width, fmt.height, clock.fps, audio=audio_path, nice=DRAW_NICE)
     t0 = time.perf_counter()
     try:
         with tqdm(total=n, unit="frame", desc=f"rendering {output.name}", disable=not progress, file=sys.stderr) as bar:

@@ -1,0 +1,35 @@
+"""Threads that give way: a thread lowers its own scheduling priority (its nice value) so that others go first.
+
+Linux schedules threads one by one, so a thread can give way on its own (no privilege is needed to lower a
+priority; raising it back is not possible without one, so only threads that end with their job do this).
+Elsewhere this does nothing: macOS and Windows have no per-thread nice value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+PER_THREAD = sys.platform.startswith("linux")
+
+
+def give_way(nice: int) -> None:
+    """Lower the calling thread's priority to `nice` (0 = like everyone else, 19 = only when nothing else runs)."""
+    if nice <= 0 or not PER_THREAD:
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        return
+    log.debug("could not lower %s's priority", threading.current_thread().name)
+
+
+def niced(cmd: list[str], nice: int) -> list[str]:
+    """`cmd` run at priority `nice` (through the POSIX `nice` tool when there is one), all its threads included."""
+    tool = shutil.which("nice") if nice > 0 and os.name == "posix" else None
+    return [tool, "-n", str(nice), *cmd] if tool else cmd
