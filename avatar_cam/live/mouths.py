@@ -4,18 +4,18 @@ The frame thread asks for the mouth of each talking frame the moment its audio i
 and, at the frame's slot, shows the newest mouth there is (`MouthWorker.best`). The "mouths" thread runs the
 engine on the newest request only: a request it had no time for is replaced by a newer one, so on a busy or slow
 machine the mouth rate falls while the camera's frames keep leaving on time, and it rises again by itself when
-the load falls. Within that, the user's performance mode caps the rate (and a CPU budget, measured per inference,
-caps it further), and the thread runs at the mode's nice value, so the call app beside us is not starved.
+the load falls. Within that, the user's performance mode caps the rate and the whole process's CPU (inference gets
+what drawing, audio and the camera leave of the budget, measured while running), and the thread runs at the
+mode's nice value, so the call app beside us is not starved.
 
-Threads: `request`, `best`, `slot_wait_s` and the figures are called from the frame thread; `_run` is the
-"mouths" thread, the only one that runs the engine (under the renderer's `engine_lock`).
+Threads: `request`, `best` and `slot_wait_s` are called from the frame thread (which also measures the process's
+CPU); `_run` is the "mouths" thread, the only one that runs the engine (under the renderer's `engine_lock`); the
+figures are plain reads from any thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -24,10 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar_cam.live.performance import Performance
+from avatar_cam.thread_priority import give_way
 
 log = logging.getLogger(__name__)
 
 MAX_AGE_S = 0.3  # a mouth older than this (in audio time) is not shown: the face rests instead of freezing open
+OTHERS_WINDOW_S = 2.0  # the rest of the process's CPU is averaged over this long
+MIN_INFERENCE_SHARE = 0.25  # inference keeps at least this share of the budget, however busy the rest is
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class MouthWorker:
         self._next_due = float("-inf")  # frame index from which the rate cap allows the next mouth
         self._wall: deque[float] = deque(maxlen=30)  # seconds per inference, recent
         self._cpu: deque[float] = deque(maxlen=30)  # CPU seconds per inference (this thread's), recent
+        self._inference_cpu = 0.0  # CPU seconds spent in inference so far (written by the mouths thread only)
+        self._process: deque[tuple[float, float, float]] = deque()  # (monotonic, process CPU, inference CPU)
+        self._target_hz = min(fps, mode.max_mouth_hz or fps)
         self._done: deque[float] = deque(maxlen=256)  # when recent mouths were ready
         self.requested = self.replaced = self.inferred = 0
         self._busy_with = -1  # the frame whose mouth the thread is drawing now (or drew last)
@@ -69,7 +75,8 @@ class MouthWorker:
     # --- the frame thread ----------------------------------------------------------------------------------
     def request(self, index: int, audio_time: float, mel_window: np.ndarray, generation: int) -> bool:
         """Frame `index` is talking and its mel window is complete: draw its mouth if the rate allows (True)."""
-        gap = self.fps / self.target_hz()
+        self._target_hz = self._allowed_hz()
+        gap = self.fps / self._target_hz
         if index + 0.5 < self._next_due:
             return False  # the rate cap: this frame will show the previous mouth
         self._next_due = max(self._next_due + gap, index + 0.5 * gap) if self._next_due > index - 2 * gap else index + gap
@@ -108,11 +115,32 @@ class MouthWorker:
 
     # --- figures (any thread; plain reads) ---------------------------------------------------------------
     def target_hz(self) -> float:
-        """The mouth rate the mode and the CPU budget allow (the machine may allow less)."""
+        """The mouth rate the mode and the CPU budget allowed at the last request (the machine may allow less)."""
+        return self._target_hz
+
+    # --- the frame thread: the rate the budget allows -------------------------------------------------------
+    def _allowed_hz(self) -> float:
+        """Inference gets the budget's cores that the rest of the process (drawing, audio, the camera) leaves,
+        at the CPU an inference costs now. Frame thread."""
         hz = min(self.fps, self.mode.max_mouth_hz or self.fps)
-        if self._cpu:
-            hz = min(hz, self.mode.cpu_budget / max(float(np.median(self._cpu)), 1e-4))
+        budget = self.mode.cpu_budget
+        if budget is not None and self._cpu:
+            for_inference = max(budget - self.others_cores(), MIN_INFERENCE_SHARE * budget)
+            hz = min(hz, for_inference / max(float(np.median(self._cpu)), 1e-4))
         return max(hz, 1.0)
+
+    def others_cores(self) -> float:
+        """Cores the process used outside inference over the last OTHERS_WINDOW_S (sampled on each call). Frame
+        thread."""
+        now, samples = time.monotonic(), self._process
+        if not samples or now - samples[-1][0] >= 0.1:
+            samples.append((now, time.process_time(), self._inference_cpu))
+        while len(samples) > 2 and now - samples[1][0] >= OTHERS_WINDOW_S:
+            samples.popleft()
+        (t0, p0, i0), (t1, p1, i1) = samples[0], samples[-1]
+        if t1 - t0 < 0.2:
+            return 0.0
+        return max(0.0, ((p1 - p0) - (i1 - i0)) / (t1 - t0))
 
     def mouth_hz(self, window_s: float = 2.0) -> float:
         """New mouths per second over the last `window_s` (0 in silence)."""
@@ -125,9 +153,7 @@ class MouthWorker:
 
     # --- the "mouths" thread -------------------------------------------------------------------------------
     def _run(self) -> None:
-        if self.mode.nice and hasattr(os, "setpriority"):
-            with contextlib.suppress(OSError):  # a thread's own nice value (Linux); giving way needs no privilege
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.mode.nice)
+        give_way(self.mode.nice)
         while True:
             with self._cond:
                 while self._job is None and not self._stop:
@@ -148,7 +174,8 @@ class MouthWorker:
         if pixels is None:  # the face or engine changed meanwhile
             return
         self._wall.append(time.perf_counter() - t0)
-        self._cpu.append(time.thread_time() - c0)
+        self._cpu.append(cpu := time.thread_time() - c0)
+        self._inference_cpu += cpu
         now = time.monotonic()
         with self._cond:
             self._mouths.append(Mouth(index, audio_time, pixels[0], generation, now))
