@@ -15,6 +15,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from avatar_cam.audio.ring import SAMPLE_RATE
@@ -207,6 +208,7 @@ class FrameRenderer:
 
         def draw_all(pool: ThreadPoolExecutor) -> None:  # the "render-draw" thread
             give_way(DRAW_NICE)
+            cv2.setNumThreads(1)  # as live (pipeline.py): OpenCV's pool costs more CPU than it saves time here
             try:
                 todo = gate_batches()
                 pending = deque((infos, pool.submit(infer, mels)) for infos, mels in itertools.islice(todo, ahead + 1))

@@ -10,8 +10,10 @@ fades in and out without a jump). Motion is drawn by warping the photo, never by
   most `MAX_SWAY_PX`; the head's weight fades to 0 over the hair's edge and the neck, so the background
   and the body stay put (it is not a camera move);
 - breathing: the shoulders rise and fall ~1-2 px every ~4 s, the head follows a little.
-The per-photo fields (weights, eye boxes) are built once; a frame costs two small eye remaps and one remap
-of `region`, about 1.5 ms at 1280x720 on a 2-core machine.
+The per-photo fields (weights, eye boxes) are built once; the head and body move smoothly (their weights fade
+over tens of pixels), so a frame's displacement is computed on a grid COARSE times coarser and scaled up. A frame
+costs two small eye remaps and one remap of `region`: about 1.2 ms of CPU at 1280x720 (2.8 ms before the coarse
+grid; BENCHMARKS.md, session 5).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ BLINK_EVERY = (2.0, 6.0)  # seconds between blinks (irregular within this range)
 BLINK_SECONDS = (0.14, 0.18)
 DOUBLE_BLINK = 0.12  # share of blinks followed at once by a second one
 BREATH_SECONDS = 4.2
+COARSE = 4  # the head and body displacement is computed on a grid this much coarser than the picture
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,13 @@ class IdleMotion:
                     body = (_smooth((ys - (by1 - 0.1 * bh)) / (0.4 * bh))
                             * (1.0 - _smooth((np.abs(xs - cx) - half) / (0.3 * bw)))).astype(np.float32)
                 px, py = self._pivot
-                self._warp = (x0, y0, x1, y1, xs, ys, head, head * (ys - py), head * (xs - px), body)
+                coarse = (max(2, -(-(x1 - x0) // COARSE)), max(2, -(-(y1 - y0) // COARSE)))
+
+                def small(field):
+                    return cv2.resize(np.ascontiguousarray(field, np.float32), coarse, interpolation=cv2.INTER_AREA)
+
+                self._warp = (x0, y0, x1, y1, xs, ys, small(head), small(head * (ys - py)), small(head * (xs - px)),
+                              small(body))
                 self.mask[y0:y1, x0:x1] = (head > 0) | (body > 0)
         self._eyes = [_EyeLid(e, shape) for e in layout.eyes] if settings.blinks else []
         eye_boxes = [e.box for e in self._eyes if e.box is not None]
@@ -197,11 +206,13 @@ class IdleMotion:
         x0, y0, x1, y1, X, Y, head, head_y, head_x, body = self._warp
         ax, ay, at = self._amp
         dx, dy, tilt = p.dx * ax, p.dy * ay - 0.4 * self._breath_px * p.breath, p.tilt * at
-        # Backward map: each output pixel reads from where the motion came from.
-        map_x = cv2.scaleAdd(head_y, tilt, cv2.scaleAdd(head, -dx, X))
-        map_y = cv2.scaleAdd(head_x, -tilt, cv2.scaleAdd(head, -dy, Y))
-        if p.breath > 0.0:
-            map_y = cv2.scaleAdd(body, self._breath_px * p.breath, map_y)
+        # Backward map: each output pixel reads from where the motion came from (displacement on the coarse grid,
+        # scaled up to the region).
+        move_x = head * -dx + head_y * tilt
+        move_y = head * -dy - head_x * tilt + body * (self._breath_px * p.breath)
+        size = (x1 - x0, y1 - y0)
+        map_x = cv2.add(X, cv2.resize(move_x, size, interpolation=cv2.INTER_LINEAR))
+        map_y = cv2.add(Y, cv2.resize(move_y, size, interpolation=cv2.INTER_LINEAR))
         img[y0:y1, x0:x1] = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
