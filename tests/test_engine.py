@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import openvino as ov
@@ -13,6 +14,7 @@ import pytest
 
 from avatar_cam import Wav2LipEngine
 from avatar_cam.errors import CheckpointError, EngineError
+from avatar_cam.wav2lip.arch import MOUTH_FIRST_ROW
 from avatar_cam.wav2lip.engine import supported_precisions
 
 
@@ -40,6 +42,23 @@ def test_damaged_ir_and_compiled_cache_are_rebuilt(random_checkpoint, tmp_path, 
     again = Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path)
     assert not again.report.ir_cached
     np.testing.assert_array_equal(again.infer(*inputs), want)
+
+
+def test_streams_run_batches_side_by_side_and_each_caller_gets_its_own(random_checkpoint, tmp_path):
+    """An offline render runs two batches at once (one per core): each thread gets the mouths of its own mel
+    windows, the same as one stream gives them."""
+    one = Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path, first_row=MOUTH_FIRST_ROW)
+    two = Wav2LipEngine.from_checkpoint(random_checkpoint, cache_dir=tmp_path, first_row=MOUTH_FIRST_ROW, streams=2)
+    assert (one.report.streams, two.report.streams) == (1, 2)
+    rng = np.random.default_rng(3)
+    face = rng.random((1, 6, 96, 96), dtype=np.float32)
+    mels = [rng.standard_normal((b, 1, 80, 16)).astype(np.float32) for b in (8, 8, 3, 8, 5, 8, 8, 1)]
+    want = [one.infer_encoded(m, one.encode_face(face)) for m in mels]
+    features = two.encode_face(face)
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda m: two.infer_encoded(m, features), mels * 3))
+    for g, w in zip(got, want * 3, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-3)  # (other kernels: float rounding, ~0.03 of a grey level)
 
 
 def test_disk_full_while_saving_ir_leaves_nothing_half_written(random_checkpoint, tmp_path, inputs, monkeypatch):

@@ -98,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         work = Path(tmp)
         photo, audio = _demo_photo(args.photo, work), _demo_audio(args.audio, work)
         picture = Picture(clock=FrameClock(FPS_DEFAULT))
-        lipsync = make_lipsync(picture.engine, picture.device, picture.precision)  # every core: an offline render
+        lipsync = make_lipsync(picture.engine, picture.device, picture.precision, streams=0)  # every core: offline
         renderer = build_renderer(load_portrait(photo), picture, lipsync)
         print(render_video(renderer, audio, args.output))
     print(f"open {args.output} to watch it; `avatar-cam run --photo YOUR_PHOTO` does this live into the Avatar Cam camera")

@@ -54,5 +54,6 @@ def renderer_from_args(args: argparse.Namespace, fps_default: float, whole_machi
     portrait = load_portrait(args.photo, args.face_box)
     for note in portrait.notes:
         print(f"note: {note}", file=sys.stderr)
-    lipsync = make_lipsync(picture.engine, picture.device, picture.precision, picture.fallback) if whole_machine else None
+    lipsync = make_lipsync(picture.engine, picture.device, picture.precision, picture.fallback,
+                           streams=0) if whole_machine else None
     return build_renderer(portrait, picture, lipsync), picture

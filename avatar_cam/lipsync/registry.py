@@ -21,18 +21,19 @@ FALLBACK_NOTE = "using the Lite engine: the Wav2Lip weights are not installed (a
 class EngineSpec:
     name: str  # what settings, `--engine` and the status use
     label: str  # what the tray's menu shows
-    make: Callable[[str, str, int | None], object]  # (OpenVINO device, precision, CPU threads) -> a LipSync
+    make: Callable[[str, str, int | None, int], object]  # (OpenVINO device, precision, CPU threads, streams) -> a LipSync
     needs_weights: bool
 
 
-def _make_wav2lip(device: str, precision: str, threads: int | None):
+def _make_wav2lip(device: str, precision: str, threads: int | None, streams: int = 1):
     from avatar_cam.lipsync.wav2lip import Wav2LipLipSync
     from avatar_cam.weights.store import installed_checkpoint
 
-    return Wav2LipLipSync.from_checkpoint(installed_checkpoint(), device=device, precision=precision, threads=threads)
+    return Wav2LipLipSync.from_checkpoint(installed_checkpoint(), device=device, precision=precision, threads=threads,
+                                          streams=streams)
 
 
-def _make_lite(device: str, precision: str, threads: int | None):
+def _make_lite(device: str, precision: str, threads: int | None, streams: int = 1):
     from avatar_cam.lipsync.lite import LiteLipSync
 
     return LiteLipSync()
@@ -55,20 +56,21 @@ def check_engine_name(engine: str) -> EngineSpec:
 
 
 def make_lipsync(engine: str = "wav2lip", device: str = "CPU", precision: str = "f32", fallback: bool = True,
-                 threads: int | None = None):
-    """The lip-sync engine by name; its `name` says which one it is.
+                 threads: int | None = None, streams: int = 1):
+    """The lip-sync engine by name; its `name` says which one it is. `threads` and `streams`: see
+    `Wav2LipEngine.from_checkpoint` (an offline render asks for streams=0, every core busy with batches).
 
     Asked for an engine whose weights are not installed: with `fallback`, the Lite engine (and a warning saying
     how to get the weights); without it, an error saying so.
     """
     spec = check_engine_name(engine)
     try:
-        return spec.make(device, precision, threads)
+        return spec.make(device, precision, threads, streams)
     except ModelNotInstalledError as exc:
         if fallback:
             log.warning(FALLBACK_NOTE)
             log.debug("no %s weights: %s", spec.label, exc)
-            return REGISTRY[FALLBACK].make(device, precision, threads)
+            return REGISTRY[FALLBACK].make(device, precision, threads, streams)
         raise ModelNotInstalledError(
             f"the {spec.label} weights are not installed, so the {engine} engine cannot run ({exc.args[0]})",
             hint="run `avatar-cam models fetch` (asks you to accept the non-commercial licence), "

@@ -22,14 +22,17 @@ class Wav2LipLipSync:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "CPU", precision: str = "f32",
-                        cache_dir: str | Path | None = None, threads: int | None = None) -> Wav2LipLipSync:
+                        cache_dir: str | Path | None = None, threads: int | None = None,
+                        streams: int = 1) -> Wav2LipLipSync:
         """The published checkpoint at `path`, compiled in the live camera's mouth-rows form, with `threads`
-        OpenVINO CPU threads per inference (None: OpenVINO's default)."""
+        OpenVINO CPU threads per inference (None: OpenVINO's default), or `streams` inferences at once (0: as many
+        as suit the machine; an offline render), see `Wav2LipEngine.from_checkpoint`."""
         return cls(Wav2LipEngine.from_checkpoint(path, device=device, precision=precision, cache_dir=cache_dir,
-                                                 first_row=MOUTH_FIRST_ROW, threads=threads))
+                                                 first_row=MOUTH_FIRST_ROW, threads=threads, streams=streams))
 
     def __init__(self, engine: Wav2LipEngine):
         self.engine = engine
+        self.streams = engine.report.streams  # batches `lower_faces` can run at once, from as many threads
         self._features: list[np.ndarray] | None = None
         self._warm = False
 

@@ -166,12 +166,13 @@ class FrameRenderer:
         info.inferred = True
         return self._draw(index, mouth, info.alpha), info
 
-    def render_clip(self, mel: np.ndarray, audio: np.ndarray, batch: int = 8, ahead: int = 2):
+    def render_clip(self, mel: np.ndarray, audio: np.ndarray, batch: int = 8, ahead: int = 3):
         """Offline: yield (frame, info) for every frame of a whole clip, as fast as the machine allows.
 
-        Gate decisions are made in frame order first, exactly as live. Three threads overlap: the engine runs on
-        batches of talking frames on "render-mouths" (up to `ahead` batches ahead of the drawing), frames are
-        drawn on "render-draw", and the caller takes them (an encoder, in its turn, encodes them).
+        Gate decisions are made in frame order first, exactly as live. Threads overlap: the engine runs on
+        batches of talking frames on "render-mouths" (as many at once as it has streams, up to `ahead` batches
+        ahead of the drawing), frames are drawn on "render-draw", and the caller takes them (an encoder, in its
+        turn, encodes them).
 
         Drawing gives way to inference (nice DRAW_NICE; the render's encoder does too): OpenVINO's threads meet
         at the end of every layer, so a core taken from one of them by drawing or encoding stalls the other and
@@ -193,9 +194,13 @@ class FrameRenderer:
                         mels.append(mel_window(mel, self.clock.mel_start(k)))
                 yield infos, (np.stack(mels)[:, None] if mels else None)
 
-        def infer(mels):
+        streams = getattr(self._lipsync, "streams", 1)
+
+        def infer(mels):  # a "render-mouths" thread
             if mels is None:
                 return None
+            if streams > 1:  # batches side by side on the engine's streams (nothing changes the face mid-render)
+                return self._engine(mels)
             with self.engine_lock:
                 return self._engine(mels)
 
@@ -223,7 +228,7 @@ class FrameRenderer:
             except BaseException as exc:  # handed to the caller, who raises it
                 put(exc)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-mouths") as pool:
+        with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="render-mouths") as pool:
             drawer = threading.Thread(target=draw_all, args=(pool,), name="render-draw", daemon=True)
             drawer.start()
             try:

@@ -4,8 +4,9 @@ First start: read the checkpoint safely, build the graph, save it as IR in the u
 Later starts: compile that IR straight from disk, with OpenVINO's compiled-model cache (CACHE_DIR), so
 the checkpoint is not even opened. Both caches are safe to delete; they are rebuilt.
 
-Threading: an engine owns one infer request. Call `infer` from one thread at a time (the pipeline's
-inference thread); create a second engine for a second thread.
+Threading: an engine has one generator request per inference stream (`streams`, 1 unless asked). As many
+threads as there are streams may call `infer_encoded` at once (an offline render keeps two batches going, one
+per core); more wait for a free request. `encode_face` runs on one thread at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import time
@@ -55,6 +57,7 @@ class LoadReport:
     device: str = ""
     precision: str = ""
     threads: int | None = None  # OpenVINO CPU threads per inference (None: its default)
+    streams: int = 1  # inferences that can run at once (each on its own share of the cores); asked 0: OpenVINO's pick
     notes: list[str] = field(default_factory=list)
 
 
@@ -148,6 +151,34 @@ def _save_ir_atomically(model: ov.Model, xml: Path) -> None:
         log.warning("could not cache the converted model in %s (%s); the next start will convert again", xml.parent, exc)
 
 
+class _GeneratorRequest:
+    """One generator infer request and what is bound to it (one thread at a time: the engine hands it out)."""
+
+    def __init__(self, request: ov.InferRequest):
+        self.request = request
+        self.bound: list[np.ndarray] | None = None  # the face features the inputs point at
+        self.mel_inputs: dict[int, ov.Tensor] = {}  # batch size -> the mel input tensor for it
+        self.mel_batch = 0  # the batch size whose mel tensor the input is now
+
+    def run(self, mel: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
+        if features is not self.bound:
+            # A still face is bound once instead of copied in every frame (~1 MB). The inputs are tensors of
+            # OpenVINO's own: pointing the request at numpy's memory instead (shared_memory=True) made about one
+            # inference a minute take 50-120 ms instead of 14 (5-minute soaks, 3 runs against 3).
+            for i, f in enumerate(features, start=1):
+                self.request.set_input_tensor(i, _tensor_like(f))
+            self.bound = features
+        # The mel is copied into the input tensor of its batch size (5 KB a frame).
+        batch = mel.shape[0]
+        if batch != self.mel_batch:
+            self.mel_inputs.setdefault(batch, _tensor_like(mel))
+            self.request.set_input_tensor(0, self.mel_inputs[batch])
+            self.mel_batch = batch
+        self.mel_inputs[batch].data[...] = mel
+        self.request.infer()
+        return self.request.get_output_tensor(0).data.copy()
+
+
 class Wav2LipEngine:
     """The Wav2Lip generator compiled for one OpenVINO device, as two networks: the face encoder (which a
     still portrait needs once) and the generator (audio encoder + decoder, run for every frame).
@@ -164,10 +195,10 @@ class Wav2LipEngine:
 
     def __init__(self, compiled: dict[str, ov.CompiledModel], report: LoadReport, first_row: int = 0):
         self._encoder = compiled[f"face_encoder-from{first_row}"].create_infer_request()
-        self._generator = compiled[f"generator-from{first_row}"].create_infer_request()
-        self._bound: list[np.ndarray] | None = None  # the face features the generator's inputs point at
-        self._mel_inputs: dict[int, ov.Tensor] = {}  # batch size -> the mel input tensor for it
-        self._mel_batch = 0  # the batch size whose mel tensor the generator's input is now
+        generator = compiled[f"generator-from{first_row}"]
+        self._free: queue.LifoQueue[_GeneratorRequest] = queue.LifoQueue()  # the requests no thread is using
+        for _ in range(max(1, report.streams)):
+            self._free.put(_GeneratorRequest(generator.create_infer_request()))
         self.report = report
         self.first_row = first_row
 
@@ -182,12 +213,15 @@ class Wav2LipEngine:
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str = "CPU", precision: str = "f32", cache_dir: str | Path | None = None,
-        first_row: int = 0, threads: int | None = None,
+        first_row: int = 0, threads: int | None = None, streams: int = 1,
     ) -> Wav2LipEngine:
         """Load a Wav2Lip checkpoint (`wav2lip.pth` / `wav2lip_gan.pth`), converting it once and caching the result.
 
         `first_row`: 0 for the whole 96x96 face; `MOUTH_FIRST_ROW` for the live camera's mouth-rows form.
-        `threads`: OpenVINO's CPU threads per inference (None: its default, one per core)."""
+        `threads`: OpenVINO's CPU threads per inference (None: its default, one per core).
+        `streams` other than 1: that many inferences at once, each with its share of the cores (OpenVINO's
+        throughput mode, for batches run side by side as an offline render does; 0: as many as OpenVINO finds
+        best for the machine; `threads` is then ignored). `report.streams` says how many there are."""
         path = Path(path)
         cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
         core = _core(cache / "compiled")
@@ -200,7 +234,7 @@ class Wav2LipEngine:
         if all(x.exists() and x.with_suffix(".bin").exists() for x in xmls.values()):
             try:
                 return cls._compile(core, {p: str(x) for p, x in xmls.items()}, device, precision,
-                                    LoadReport(ir_cached=True), first_row, threads)
+                                    LoadReport(ir_cached=True, streams=streams), first_row, threads)
             except EngineError as exc:
                 # A damaged IR or compiled-model cache must not stop the camera: drop both and convert again.
                 log.warning("%s; rebuilding it from the checkpoint", exc)
@@ -209,7 +243,7 @@ class Wav2LipEngine:
                     x.with_suffix(".bin").unlink(missing_ok=True)
                 shutil.rmtree(cache / "compiled", ignore_errors=True)
                 core = _core(cache / "compiled")
-        report = LoadReport()
+        report = LoadReport(streams=streams)
         models = _convert(path, parts, xmls, report)
         engine = cls._compile(core, models, device, precision, report, first_row, threads)
         del models
@@ -234,7 +268,14 @@ class Wav2LipEngine:
         first_row: int, threads: int | None = None,
     ) -> Wav2LipEngine:
         config = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads is not None and device == "CPU":
+        if report.streams != 1:
+            # Streams of one or a few threads each never wait for each other, where one inference's threads meet
+            # at every layer: on two busy cores, two streams of one thread ran batches ~10% faster for ~10%
+            # less CPU a frame (BENCHMARKS.md, session 5). 0: as many as OpenVINO finds best for the machine.
+            config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+            if report.streams > 1:
+                config["NUM_STREAMS"] = str(report.streams)
+        elif threads is not None and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if device != "AUTO":
             # OpenVINO would silently pick bf16 on CPUs that have it; that changes the picture visibly, so we ask.
@@ -251,6 +292,11 @@ class Wav2LipEngine:
                 raise EngineError(f"OpenVINO could not compile Wav2Lip for {device}: {first_line}") from None
         generator = compiled[f"generator-from{first_row}"]
         report.compile_s = time.perf_counter() - t0
+        if report.streams != 1:
+            try:
+                report.streams = max(1, int(generator.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            except RuntimeError:
+                report.streams = max(1, report.streams)
         try:
             report.device = ",".join(generator.get_property("EXECUTION_DEVICES"))
         except RuntimeError:
@@ -285,22 +331,11 @@ class Wav2LipEngine:
             raise ValueError(f"mel must be (B,1,80,16), got {mel.shape}")
         if features[0].shape[0] not in (1, mel.shape[0]):
             raise ValueError(f"mel and face batch sizes differ: {mel.shape[0]} vs {features[0].shape[0]}")
-        if features is not self._bound:
-            # A still face is bound once instead of copied in every frame (~1 MB). The inputs are tensors of
-            # OpenVINO's own: pointing the request at numpy's memory instead (shared_memory=True) made about one
-            # inference a minute take 50-120 ms instead of 14 (5-minute soaks, 3 runs against 3).
-            for i, f in enumerate(features, start=1):
-                self._generator.set_input_tensor(i, _tensor_like(f))
-            self._bound = features
-        # The mel is copied into the input tensor of its batch size (5 KB a frame).
-        batch = mel.shape[0]
-        if batch != self._mel_batch:
-            self._mel_inputs.setdefault(batch, _tensor_like(mel))
-            self._generator.set_input_tensor(0, self._mel_inputs[batch])
-            self._mel_batch = batch
-        self._mel_inputs[batch].data[...] = mel
-        self._generator.infer()
-        return self._generator.get_output_tensor(0).data.copy()
+        request = self._free.get()
+        try:
+            return request.run(mel, features)
+        finally:
+            self._free.put(request)
 
     def infer(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
         mel = np.asarray(mel)
