@@ -185,4 +185,4 @@ def test_the_budget_counts_the_whole_process(random_checkpoint, tmp_path, astron
     floor = MIN_INFERENCE_SHARE * performance("balanced").cpu_budget
     assert allowed["busy"] < 0.6 * allowed["before"], allowed
     assert allowed["busy"] >= 0.9 * floor / 0.1, allowed  # (no inference costs 100 ms of CPU here)
-    assert allowed["after"] > 0.85 * allowed["before"], allowed
+    assert allowed["after"] > 0.75 * allowed["before"], allowed
