@@ -25,6 +25,7 @@ kal_diphone and the slt HTS voice: `bench.visemes.HELD_OUT_VOICES`) are refused 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -156,7 +157,15 @@ def festival_utterance(i: int, seed: int, pool: list[str]):
 
     rng = np.random.default_rng([seed, 1, i])
     voice = pool[int(rng.integers(len(pool)))]
-    speech = festival_speech(sentence(rng), voice, stretch=float(rng.uniform(0.8, 1.3)))
+    stretch = float(rng.uniform(0.8, 1.3))
+    for _ in range(5):  # some voices stop on some English texts (festival's Italian rules): another sentence
+        try:
+            speech = festival_speech(sentence(rng), voice, stretch=stretch)
+            break
+        except subprocess.CalledProcessError:
+            continue
+    else:
+        raise RuntimeError(f"festival {voice} failed on five sentences in a row")
     scale = float(rng.uniform(0.88, 1.15))  # every frequency times `scale`, every time divided by it
     speech.audio = soxr.resample(speech.audio, 16000, 16000 / scale).astype(np.float32)
     speech.phones = [type(p)(p.symbol, p.start / scale, p.end / scale) for p in speech.phones]
