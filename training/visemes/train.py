@@ -50,26 +50,34 @@ def windows_and_labels(length: int, segs: np.ndarray):
 
 def _load(paths: list[Path]):
     """One or more make_data.py files as one: mel (80, total), lengths, segments, segment_utt."""
-    mels, lengths, segs, seg_utt, n = [], [], [], [], 0
+    mels, lengths, segs, seg_utt, voices, n = [], [], [], [], [], 0
     for path in paths:
         with np.load(path) as z:
+            voices.append(z["voice"])
             mels.append(z["mel"])
             lengths.append(z["lengths"])
             segs.append(z["segments"])
             seg_utt.append(z["segment_utt"] + n)
             n += len(z["lengths"])
-    return (np.concatenate(mels, axis=1), np.concatenate(lengths), np.concatenate(segs), np.concatenate(seg_utt))
+    return (np.concatenate(mels, axis=1), np.concatenate(lengths), np.concatenate(segs), np.concatenate(seg_utt),
+            np.concatenate(voices))
 
 
 class Windows:
-    """All training windows as indices into one long mel array (built once, windows cut per batch)."""
+    """All training windows as indices into one long mel array (built once, windows cut per batch).
+    Utterances whose voice starts with a name in `held_out` are left out; `held_out_only` keeps only them."""
 
-    def __init__(self, paths: list[Path]):
-        self.mel, lengths, segs, seg_utt = _load(paths)  # mel: (80, total) float16
+    def __init__(self, paths: list[Path], held_out: tuple[str, ...] = (), held_out_only: bool = False):
+        self.mel, lengths, segs, seg_utt, voices = _load(paths)  # mel: (80, total) float16
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         cols, labels, weights, owners = [], [], [], []
         first = np.searchsorted(seg_utt, np.arange(len(lengths) + 1))  # segments are stored utterance by utterance
         for u, (off, length) in enumerate(zip(offsets, lengths, strict=True)):
+            if str(voices[u]).split(" ")[0].split("+")[0] in held_out:
+                if not held_out_only:
+                    continue
+            elif held_out_only:
+                continue
             s, y, w = windows_and_labels(int(length), segs[first[u] : first[u + 1]])
             cols.append(off + s)
             labels.append(y)
@@ -173,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--per-epoch", type=float, default=0.35, help="share of the windows each epoch sees (neighbours are alike)")
+    ap.add_argument("--hold-out", nargs="*", default=["upc_ca_ona_hts"],
+                    help="festival voices kept out of training, for validation (default: the Catalan HTS voice)")
     ap.add_argument("--eq-db", type=float, default=6.0, help="random equaliser's reach (0: none)")
     ap.add_argument("--closed-weight", type=float, default=3.0, help="extra weight of closed-lip frames")
     args = ap.parse_args(argv)
@@ -180,9 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # deterministic reductions; and the machine is shared
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    data = Windows(args.data)
+    data = Windows(args.data, tuple(args.hold_out))
     data.eq_db = args.eq_db
     val_x, val_y = held_out_set(60, args.seed)
+    if args.hold_out:  # a second validation: festival voices left out of training (a step to other synthesis)
+        other = Windows(args.data, tuple(args.hold_out), held_out_only=True)
+        pick = np.random.default_rng(args.seed).permutation(len(other.start))[: len(val_y)]
+        val_x, val_y = np.concatenate([val_x, other.batch(np.sort(pick), None)]), np.concatenate([val_y, other.label[np.sort(pick)]])
+        n_espeak = len(val_y) - len(pick)
+    else:
+        n_espeak = len(val_y)
     print(f"{len(data.start)} training windows, {len(val_y)} validation windows ({time.time() - t0:.0f} s)", file=sys.stderr)
 
     probe = features(data.batch(rng.choice(len(data.start), 20000, replace=False), None))
@@ -212,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         net.eval()
         with torch.no_grad():
             pred = net(prep(val_x)).argmax(1).numpy()
-        acc = (pred == val_y).mean()
-        closed = val_y == SHAPES.index("closed")
-        print(f"epoch {epoch + 1}: loss {total / (len(order) // args.batch):.3f}, held-out espeak voices: "
-              f"accuracy {acc:.3f}, closed recall {(pred[closed] == val_y[closed]).mean():.3f} ({time.time() - t0:.0f} s)",
+        parts = []
+        for name, part in (("held-out espeak voices", slice(0, n_espeak)), ("held-out festival voices", slice(n_espeak, None))):
+            p, y = pred[part], val_y[part]
+            if len(y):
+                closed = y == SHAPES.index("closed")
+                parts.append(f"{name}: accuracy {(p == y).mean():.3f}, closed recall {(p[closed] == y[closed]).mean():.3f}")
+        print(f"epoch {epoch + 1}: loss {total / (len(order) // args.batch):.3f}, {'; '.join(parts)} ({time.time() - t0:.0f} s)",
               file=sys.stderr)
     export(net, mean, scale, args.out, {"seed": args.seed, "epochs": args.epochs})
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {time.time() - t0:.0f} s")
