@@ -52,7 +52,7 @@ def test_estimator_finds_closures_and_rounding_in_voices_it_never_heard(held_out
     assert s.closure_recall >= 0.7, s
     assert s.rounded_vs_spread >= 0.7, s
     # The estimator's own "closed" (closed or rest above one half) errs on the closed side; the drawn mouth
-    # also weighs loudness (`avatar-cam bench visemes` reports its false closures: about 7%).
+    # also weighs loudness (`avatar-cam bench visemes` reports its false closures: about 5%).
     assert s.false_closures <= 0.2, s
     assert s.frame_accuracy >= 0.5, s
 

@@ -1,8 +1,9 @@
 """`avatar-cam bench visemes`: how well the Lite engine's mouth shapes follow speech, on voices its estimator
 never trained on, and what the Lite engine costs per frame.
 
-The speech is synthetic with known phoneme timing: flite and festival voices (the estimator is trained on
-espeak-ng only). Each clip is drawn by the product's own renderer (the astronaut, 1280x720, 30 fps, voice gate
+The speech is synthetic with known phoneme timing: the flite and festival voices of HELD_OUT_VOICES (the
+estimator trains on espeak-ng and on other festival voices, never on these: `training/visemes/make_data.py`
+refuses them; flite is not used in training at all). Each clip is drawn by the product's own renderer (the astronaut, 1280x720, 30 fps, voice gate
 included); per frame the true shape comes from `lipsync.phonemes`. The numbers (issue 15):
 - frame accuracy: the estimator's most likely shape is the true one (all frames, speech frames, per shape);
 - closure recall: frames inside m/b/p whose drawn mouth is closed (lip gap under a tenth of its widest);

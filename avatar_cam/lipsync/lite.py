@@ -36,7 +36,11 @@ SPREAD, ROUND = 0.10, 0.4  # mouth corners move out at width +1, in at width -1 
 # Per shape (in SHAPES order): how open the lips are at full loudness, and how wide the mouth is.
 _OPEN = {"rest": 0.3, "closed": 0.0, "lip_teeth": 0.3, "rounded": 0.55, "open": 1.0, "mid": 0.8, "spread": 0.6}
 _WIDTH = {"rest": 0.0, "closed": 0.1, "lip_teeth": 0.2, "rounded": -1.0, "open": 0.1, "mid": 0.35, "spread": 1.0}
-CLOSE_AT = (0.4, 0.7)  # P(closed) where the lips start to close and where they are fully shut
+# P(closed) where the lips start to close and where they are fully shut: chosen on the validation voices
+# (`training/visemes/evaluate.py --validation`), the most closure recall whose false closures stay within
+# 2 points of the strictest candidate's on each validation set.
+CLOSE_AT = (0.2, 0.5)
+MAX_STEP = 0.5
 EASE = {"opening": 0.55, "closing": 0.85, "width": 0.5, "teeth": 0.6}  # per-frame step toward the target (30 fps)
 
 
@@ -113,7 +117,10 @@ class MouthDriver:
             t = self.target(mels[i], p)
             step = np.array([EASE["opening"] if t[0] > e[0] else EASE["closing"], EASE["width"], EASE["closing"],
                              EASE["teeth"]])
+            opening = e[0]
             e += step * (t - e)
+            # Lips travel at most MAX_STEP of their full opening per frame (a wide "ah" into "p" takes two frames).
+            e[0] = float(np.clip(e[0], opening - MAX_STEP, opening + MAX_STEP))
             out[i] = e
         return out
 

@@ -1,7 +1,8 @@
 """Which mouth shape each moment of synthetic speech shows: phonemes -> shapes, with a written rule.
 
 The shapes are `visemes.SHAPES`. The rule, for espeak-ng's English mnemonics and the CMU phone set that
-flite and festival use:
+flite and festival use (and, for training, the phone sets of festival's Italian, Czech, Finnish and Catalan
+voices, read the same way: a open, e mid, i spread, o u rounded):
 - pauses -> rest; m b p -> closed; f v -> lip_teeth; w and the rounded vowels (u, o, aw as in "thought")
   -> rounded; a-like vowels (father, cat, cup) -> open; e-like vowels and schwa (bed, about, bird) -> mid;
   i-like vowels and y (see, sit, yes) -> spread.
@@ -48,7 +49,18 @@ _CMU = {
     "aw": (OPEN, ROUNDED), "ay": (OPEN, SPREAD), "ey": (MID, SPREAD), "oy": (ROUNDED, SPREAD),
 }
 _CMU_PAUSES = {"pau", "h#", "brth", "sil", "#"}
-_GLIDES = {"w", "j", "y"}
+# festival's voices in other languages (training only): plain five-vowel systems, stress marked by "1" and
+# length by ":". Finnish "y" is a rounded front vowel; Catalan "ax" a schwa and "J" its palatal glide.
+_VOWELS5 = {**_LIPS, "a": OPEN, "e": MID, "E": MID, "i": SPREAD, "o": ROUNDED, "O": ROUNDED, "u": ROUNDED}
+_OTHER = {
+    "italian": {**_VOWELS5, "j": SPREAD},
+    "czech": {**_VOWELS5, "j": SPREAD},
+    "finnish": {**_VOWELS5, "y": ROUNDED},
+    "catalan": {**_VOWELS5, "ax": MID, "J": SPREAD},
+}
+_OTHER_PAUSES = {"#", "pau", "sil"}
+_GLIDES = {"w", "j", "y", "J"}
+_VOWEL_GLIDES = {("finnish", "y")}  # a vowel here, though a glide elsewhere
 
 
 def _shapes_of(symbol: str, phoneset: str):
@@ -57,9 +69,15 @@ def _shapes_of(symbol: str, phoneset: str):
         if symbol.startswith("_") or symbol in ("", "||", "|"):
             return REST
         return _ESPEAK.get(symbol, _ESPEAK.get(symbol.rstrip("0123456789;#")))
+    if phoneset in _OTHER:
+        return REST if symbol in _OTHER_PAUSES else _OTHER[phoneset].get(symbol.rstrip("01:"))
     if symbol in _CMU_PAUSES:
         return REST
     return _CMU.get(symbol.rstrip("012"))
+
+
+def _glide(symbol: str, phoneset: str) -> bool:
+    return symbol in _GLIDES and (phoneset, symbol) not in _VOWEL_GLIDES
 
 
 @dataclass(frozen=True)
@@ -83,7 +101,7 @@ def segments(speech: Speech) -> list[Segment]:
             m = mapped[j]
             if isinstance(m, tuple):  # a diphthong: the part nearest to phone i
                 return m[0] if step > 0 else m[-1]
-            if m in VOWEL_SHAPES and phones[j].symbol not in _GLIDES:
+            if m in VOWEL_SHAPES and not _glide(phones[j].symbol, speech.phoneset):
                 return m
             j += step
         return None

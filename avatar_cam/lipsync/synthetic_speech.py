@@ -1,11 +1,12 @@
 """Synthetic speech with its phoneme timeline: espeak-ng (through its library), flite and festival.
 
 Each synthesizer says where every phoneme starts and ends in its own audio, which is what the mouth-shape
-estimator is trained on (espeak-ng) and measured on (flite and festival: voices it never trained on).
+estimator is trained on (espeak-ng, and festival voices the benchmark does not use) and measured on (the flite
+and festival voices of `bench.visemes.HELD_OUT_VOICES`, which it never trains on).
 All audio comes back as float32, 16 kHz mono, with the phoneme times in seconds on that audio.
 
 Needs the synthesizers as system programs (Debian: `espeak-ng flite festival festvox-kallpc16k
-festvox-us-slt-hts`); a missing one raises `SynthesizerMissing` naming the package to install.
+festvox-us-slt-hts`; for training also the voices of FESTIVAL_VOICES); a missing one raises `SynthesizerMissing` naming the package to install.
 Threads: espeak-ng's library keeps global state; `espeak_speech` serialises its callers with a lock.
 """
 
@@ -39,7 +40,8 @@ class Phone:
 class Speech:
     audio: np.ndarray  # float32, 16 kHz mono
     phones: list[Phone]
-    phoneset: str  # "espeak" (espeak-ng's English mnemonics) or "cmu" (flite's and festival's)
+    phoneset: str  # "espeak" (espeak-ng's English mnemonics), "cmu" (flite's and festival's English), or a
+    # festival voice's own language ("italian", "czech", "finnish", "catalan": see FESTIVAL_VOICES)
     voice: str
 
 
@@ -193,24 +195,38 @@ def flite_speech(text: str, voice: str = "slt") -> Speech:
     return Speech(audio, _ends_to_phones(pairs), "cmu", f"flite {voice}")
 
 
-FESTIVAL_VOICES = {  # voice -> the Debian package that has it
-    "kal_diphone": "festvox-kallpc16k",
-    "ked_diphone": "festvox-kdlpc16k",
-    "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
+FESTIVAL_VOICES = {  # voice -> (the Debian package that has it, its phone set)
+    "kal_diphone": ("festvox-kallpc16k", "cmu"),
+    "ked_diphone": ("festvox-kdlpc16k", "cmu"),
+    "cmu_us_slt_arctic_hts": ("festvox-us-slt-hts", "cmu"),
+    # Other languages' voices (they read English text with their own letter-to-sound rules): more speakers and
+    # more kinds of synthesis to train on. Their phone sets are mapped to shapes in `phonemes`.
+    "lp_diphone": ("festvox-italp16k", "italian"),
+    "pc_diphone": ("festvox-itapc16k", "italian"),
+    "czech_dita": ("festvox-czech-dita", "czech"),
+    "czech_krb": ("festvox-czech-krb", "czech"),
+    "czech_ph": ("festival-czech", "czech"),
+    "suo_fi_lj_diphone": ("festvox-suopuhe-lj", "finnish"),
+    "hy_fi_mv_diphone": ("festvox-suopuhe-mv", "finnish"),
+    "upc_ca_ona_hts": ("festvox-ca-ona-hts festival-ca", "catalan"),
 }
 
 
-def festival_speech(text: str, voice: str = "kal_diphone") -> Speech:
-    """Speak `text` with a festival voice (see FESTIVAL_VOICES)."""
-    exe = _need("festival", "festival " + FESTIVAL_VOICES.get(voice, ""))
+def festival_speech(text: str, voice: str = "kal_diphone", stretch: float = 1.0) -> Speech:
+    """Speak `text` with a festival voice (see FESTIVAL_VOICES); `stretch` > 1 speaks slower."""
+    package, phoneset = FESTIVAL_VOICES.get(voice, ("", "cmu"))
+    exe = _need("festival", "festival " + package)
     quoted = text.replace("\\", " ").replace('"', " ")
     with tempfile.TemporaryDirectory() as d:
         wav, segs, script = Path(d) / "out.wav", Path(d) / "out.segs", Path(d) / "say.scm"
-        script.write_text(f'(voice_{voice})\n(set! u (utt.synth (Utterance Text "{quoted}")))\n'
+        # Only when asked: setting it at all changes some voices' timing (the benchmark's must stay as they were).
+        tempo = f"(Parameter.set 'Duration_Stretch {float(stretch):.3f})\n" if stretch != 1.0 else ""
+        script.write_text(f'(voice_{voice})\n{tempo}'
+                          f'(set! u (utt.synth (Utterance Text "{quoted}")))\n'
                           f'(utt.save.wave u "{wav}" \'riff)\n(utt.save.segs u "{segs}")\n')
         subprocess.run([exe, "-b", str(script)], capture_output=True, text=True, check=True, timeout=120)
         if not segs.exists():
-            raise SynthesizerMissing(f"festival has no voice {voice} (Debian: apt-get install {FESTIVAL_VOICES.get(voice, '')})")
+            raise SynthesizerMissing(f"festival has no voice {voice} (Debian: apt-get install {package})")
         audio = _read_wav(wav)
         lines = segs.read_text().split("#", 1)[1].split("\n")
     pairs = []
@@ -218,4 +234,4 @@ def festival_speech(text: str, voice: str = "kal_diphone") -> Speech:
         parts = line.split()
         if len(parts) == 3:
             pairs.append((parts[2], float(parts[0])))
-    return Speech(audio, _ends_to_phones(pairs), "cmu", f"festival {voice}")
+    return Speech(audio, _ends_to_phones(pairs), phoneset, f"festival {voice}" + (f" stretch {stretch:.2f}" if stretch != 1.0 else ""))

@@ -1,7 +1,8 @@
-"""Training data for the mouth-shape estimator: espeak-ng speech with its phoneme timing, as mel + shapes.
+"""Training data for the mouth-shape estimator: synthetic speech with its phoneme timing, as mel + shapes.
 
 Run (from the repository root, in the project's venv):
     .venv/bin/python training/visemes/make_data.py            # -> training/visemes/data/espeak.npz
+    .venv/bin/python training/visemes/make_data.py --source festival   # -> training/visemes/data/festival.npz
     .venv/bin/python training/visemes/make_data.py --utterances 200 --out /tmp/small.npz   # a quick one
 
 What it makes: random English sentences (from the word list below, seeded) spoken by many espeak-ng voices
@@ -12,11 +13,20 @@ have, a random spectral tilt). Beside it the shape segments (start, end, shape, 
 `avatar_cam.lipsync.phonemes`. The same seed makes the same file. The data folder is git-ignored.
 Voices listed in HELD_OUT are never used here (they are for validation in train.py).
 Time here: 8-10 minutes for 2400 utterances (2 vCPU shared with other work, one process); 246 MB.
+
+`--source festival`: the same sentences spoken by festival's voices that the benchmark never uses
+(FESTIVAL_TRAIN: one US English diphone voice, and Italian, Czech, Finnish and Catalan voices reading the
+English words with their own rules; Debian packages in `synthetic_speech.FESTIVAL_VOICES`), each utterance at
+a random tempo (festival's Duration_Stretch 0.8-1.3) and resampled so every frequency is scaled by 0.88-1.15
+(a shorter or longer vocal tract, a higher or lower voice). The benchmark's voices (flite's, festival's
+kal_diphone and the slt HTS voice: `bench.visemes.HELD_OUT_VOICES`) are refused here.
+Time here: 15.5 minutes for 2000 utterances (2 vCPU busy with other work, one process); 255 MB, 5.35 h of mel.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from avatar_cam.audio.mel import melspectrogram
+from avatar_cam.bench.visemes import HELD_OUT_VOICES
 from avatar_cam.lipsync.phonemes import segments, unmapped
-from avatar_cam.lipsync.synthetic_speech import espeak_speech
+from avatar_cam.lipsync.synthetic_speech import espeak_speech, festival_speech
 
 HERE = Path(__file__).resolve().parent
 LANGS = ["en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc", "en-gb-x-rp"]
@@ -35,6 +46,9 @@ VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4"
             "grandpa", "iven", "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "robert",
             "steph", "travis", "victor", "zac"]
 HELD_OUT = {("en-gb-x-rp", "f4"), ("en-us", "m7"), ("en-029", "f2"), ("en-us", "linda")}
+FESTIVAL_TRAIN = ["ked_diphone", "lp_diphone", "pc_diphone", "czech_dita", "czech_krb", "czech_ph",
+                  "suo_fi_lj_diphone", "hy_fi_mv_diphone", "upc_ca_ona_hts"]
+assert not {("festival", v) for v in FESTIVAL_TRAIN} & set(HELD_OUT_VOICES), "the benchmark's voices stay held out"
 
 _WORD_LIST = """
 a an the this that these those my your his her our their some any every each no all both many few more most
@@ -119,32 +133,64 @@ def voices() -> list[tuple[str, str]]:
     return [(lang, v) for lang in LANGS for v in VARIANTS if (lang, v) not in HELD_OUT]
 
 
+def _padded(speech, rng: np.random.Generator):
+    """Silence before and after, as a gated stream has; the segments moved with it."""
+    pad = np.zeros(int(rng.integers(1600, 8000)), np.float32)
+    audio = np.concatenate([pad, speech.audio, pad[: len(pad) // 2]])
+    shift = len(pad) / 16000
+    segs = [(s.start + shift, s.end + shift, s.shape, s.coarticulated) for s in segments(speech)]
+    return audio, np.array(segs, np.float64).reshape(-1, 4)
+
+
 def utterance(i: int, seed: int, pool: list[tuple[str, str]]):
     rng = np.random.default_rng([seed, i])
     lang, variant = pool[int(rng.integers(len(pool)))]
     voice = lang + ("+" + variant if variant else "")
     speech = espeak_speech(sentence(rng), voice, rate=int(rng.integers(110, 280)), pitch=int(rng.integers(10, 90)),
                            pitch_range=int(rng.integers(10, 90)))
-    pad = np.zeros(int(rng.integers(1600, 8000)), np.float32)  # silence before and after, as a gated stream has
-    audio = np.concatenate([pad, speech.audio, pad[: len(pad) // 2]])
-    shift = len(pad) / 16000
-    segs = [(s.start + shift, s.end + shift, s.shape, s.coarticulated) for s in segments(speech)]
+    audio, segs = _padded(speech, rng)
     mels = [melspectrogram(gain(audio, rng)), melspectrogram(degrade(audio, rng))]
-    return voice, mels, np.array(segs, np.float64).reshape(-1, 4), unmapped(speech)
+    return voice, mels, segs, unmapped(speech)
+
+
+def festival_utterance(i: int, seed: int, pool: list[str]):
+    import soxr
+
+    rng = np.random.default_rng([seed, 1, i])
+    voice = pool[int(rng.integers(len(pool)))]
+    stretch = float(rng.uniform(0.8, 1.3))
+    for _ in range(5):  # some voices stop on some English texts (festival's Italian rules): another sentence
+        try:
+            speech = festival_speech(sentence(rng), voice, stretch=stretch)
+            break
+        except subprocess.CalledProcessError:
+            continue
+    else:
+        raise RuntimeError(f"festival {voice} failed on five sentences in a row")
+    scale = float(rng.uniform(0.88, 1.15))  # every frequency times `scale`, every time divided by it
+    speech.audio = soxr.resample(speech.audio, 16000, 16000 / scale).astype(np.float32)
+    speech.phones = [type(p)(p.symbol, p.start / scale, p.end / scale) for p in speech.phones]
+    audio, segs = _padded(speech, rng)
+    mels = [melspectrogram(gain(audio, rng)), melspectrogram(degrade(audio, rng))]
+    return f"{voice} x{scale:.2f}", mels, segs, unmapped(speech)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--utterances", type=int, default=2400)
+    ap.add_argument("--utterances", type=int, help="default: 2400 (espeak), 2000 (festival)")
     ap.add_argument("--seed", type=int, default=15)
-    ap.add_argument("--out", type=Path, default=HERE / "data" / "espeak.npz")
+    ap.add_argument("--source", choices=("espeak", "festival"), default="espeak")
+    ap.add_argument("--out", type=Path, help="default: training/visemes/data/SOURCE.npz")
     args = ap.parse_args(argv)
+    args.out = args.out or HERE / "data" / f"{args.source}.npz"
+    args.utterances = args.utterances or (2400 if args.source == "espeak" else 2000)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pool = voices()
+    pool = voices() if args.source == "espeak" else FESTIVAL_TRAIN
+    make = utterance if args.source == "espeak" else festival_utterance
     t0 = time.time()
     mels, segs, utt_voice, utt_version, seg_utt, symbols = [], [], [], [], [], set()
     for i in range(args.utterances):
-        voice, ms, sg, unk = utterance(i, args.seed, pool)
+        voice, ms, sg, unk = make(i, args.seed, pool)
         symbols |= unk
         for version, m in enumerate(ms):
             utt = len(mels)
