@@ -74,6 +74,8 @@ def describe(status: dict) -> str:
     lines.append(f"  {'virtual mic:':<13}{virtual_mic_line(status.get('virtual_mic'))}")
     lines.append(f"  {'preview:':<13}{'on' if status.get('preview') else 'off'}")
     lines.append(f"  {'performance:':<13}{status.get('performance', '-')}")
+    if status.get("notice"):
+        lines.append(f"  {'note:':<13}{status['notice']}")
     return "\n".join(lines)
 
 
