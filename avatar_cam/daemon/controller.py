@@ -222,8 +222,12 @@ class Controller(MicrophoneWatch, Extras):
             self.error = f"the camera pipeline stopped: {exc}"
             self._changed()
 
-    def stop(self) -> Status:
-        """Close the camera and release the microphone."""
+    def stop(self, remember: bool = True) -> Status:
+        """Close the camera and release the microphone.
+
+        `remember`: the user turned the camera off (`camera_on` becomes False, saved). Quitting passes False:
+        the daemon ends without writing settings, so the next start restores the camera as the user left it
+        and an edit of settings.toml made after quitting stays."""
         self._health_stop.set()  # first, without the lock: the watchdog may be waiting for it
         health, self._health = self._health, None
         if health is not None and health is not threading.current_thread():
@@ -246,8 +250,9 @@ class Controller(MicrophoneWatch, Extras):
                     part.close()
             self.error = self._mic_fault = self._camera_notice = None
             self._extras_fault = {}
-            self.settings.camera_on = False
-            self._save()
+            if remember and self.settings.camera_on:
+                self.settings.camera_on = False
+                self._save()
         self._changed()
         return self.status()
 
