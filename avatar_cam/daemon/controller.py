@@ -185,7 +185,8 @@ class Controller(MicrophoneWatch, Extras):
             self._find_unlisted_mic(self.settings.mic)  # plugged in while the camera was off
             mic = MicrophoneSource(ring, device=self.settings.mic)
             now = time.monotonic()
-            self._mic_opened_at, self._mic_seen, self._mic_retry_at = now, (0, now), now + self.MIC_RETRY_S
+            self._mic_opened(now, 0)
+            self._mic_retry_at, self._mic_backoff_s = now + self.MIC_RETRY_S, self.MIC_RETRY_S
             try:
                 mic.start()
                 self._mic = mic
