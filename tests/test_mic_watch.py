@@ -1,4 +1,5 @@
-"""The microphone watchdog's stall clock and back-off (daemon/mic_watch.py), on a clock the test drives.
+"""The watchdogs' stall clocks, on a clock the test drives: the microphone's (daemon/mic_watch.py: stall
+and reopen back-off) and Avatar Cam Microphone's (vmic/microphone.py: no output callbacks).
 
 The guest (tests/guest/) found a reconnect storm: under emulation the whole process is often not scheduled
 for seconds, the watchdog then saw "no sound for 1 s" and reopened a microphone that was fine, again and
@@ -119,3 +120,48 @@ def test_reopen_attempts_back_off_and_start_again_once_sound_is_back():
     t += WATCH
     assert look(ctl, frames, t, ring, samples=4000) is None
     assert ctl._mic_fault is None and ctl._mic_backoff_s == ctl.MIC_RETRY_S
+
+
+# --------------------------------------------------------------------- Avatar Cam Microphone's own watchdog
+
+
+def vmic_watched():
+    """A VirtualMicrophone as its watchdog sees it: an open stream (a stand-in object: only its presence is
+    read) and the times of its output callbacks and of the frames drawn, set by the test."""
+    from avatar_cam.audio.ring import AudioRing
+    from avatar_cam.vmic.microphone import VirtualMicrophone
+
+    vmic = VirtualMicrophone(AudioRing())
+    vmic._stream = object()
+    vmic._last_callback = vmic._looked_at = 100.0
+    return vmic
+
+
+def test_avatar_cam_microphone_counts_no_silence_while_the_process_was_not_scheduled():
+    vmic = vmic_watched()
+    t = 100.0
+    for _ in range(4):  # callbacks come: never silent
+        t += WATCH
+        vmic._last_callback = vmic._last_frame = t - 0.01
+        assert vmic._silence(t) == 0.0
+    t += 6.0  # starved for 6 s: no callback, no frame drawn either
+    assert vmic._silence(t) == 0.0  # (it used to say 6 s: more than STALL_S, and the stream was reopened)
+    vmic._last_frame = t + 0.1  # the frame thread runs again, the output thread not (yet)
+    t += WATCH
+    assert vmic._silence(t) == WATCH
+    t += 3.0  # a late look with frames drawn meanwhile: capped
+    vmic._last_frame = t - 0.01
+    assert vmic._silence(t) == WATCH + vmic.LOOK_CAP_S
+    vmic._last_callback = t + 0.05  # a callback: silence over
+    t += WATCH
+    assert vmic._silence(t) == 0.0
+
+
+def test_avatar_cam_microphone_still_notices_a_server_that_went_away():
+    vmic = vmic_watched()
+    t, silent = 100.0, 0.0
+    while silent <= vmic.LOST_S:  # frames drawn, no callbacks: the server is gone
+        t += WATCH
+        vmic._last_frame = t - 0.01
+        silent = vmic._silence(t)
+    assert t - 100.0 <= vmic.LOST_S + 2 * WATCH
