@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ from vm import qemu_available  # noqa: E402
 
 EVIDENCE = scenario.REPO / ".guest-cache" / "evidence"
 ENABLE = "AVATAR_GUEST_TESTS"  # set to 1 to run the guest (tests/run.sh then installs QEMU and Chromium)
-GUEST_TIMEOUT_S = 1500  # under emulation on a busy 2-core machine a run took ~15 min; ~5 on a quiet one
+GUEST_TIMEOUT_S = 1500  # a limit, not the expected time: checks.json's "steps" say where the time goes
 LAG_BOUND_MS = 1500  # voice onset to mouth opening, as Chromium received both (loose: emulation)
 
 
@@ -49,7 +50,9 @@ def guest():
     if not report.get("page"):
         pytest.fail(f"the guest reported nothing from the call page; see {EVIDENCE}/guest.log and console.log")
     summary = analysis.summarize(report)
-    checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1)},
+    up = re.search(r"guest: up after ([\d.]+) s", booted.console)
+    checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1),
+                       "kernel_to_checks_s": float(up.group(1)) if up else None},
               "steps": {k: {"ok": v["ok"], "seconds": v["seconds"]} for k, v in report.get("steps", {}).items()},
               **summary}
     (EVIDENCE / "checks.json").write_text(json.dumps(checks, indent=1))
@@ -92,6 +95,19 @@ def test_chromium_lists_and_opens_avatar_cam_and_its_microphone(guest):
     assert ("videoinput", "Avatar Cam") in listed
     assert ("audioinput", "Avatar Cam Microphone") in listed
     assert {t["label"] for t in summary["devices"]["tracks"]} == {"Avatar Cam", "Avatar Cam Microphone"}
+
+
+def test_chromium_is_told_the_camera_s_frame_rate(guest):
+    _, _, summary = guest
+    video = next(t for t in summary["devices"]["tracks"] if t["kind"] == "video")
+    assert video["settings"]["frameRate"] == pytest.approx(scenario.FPS), video  # was 30 whatever the rate
+
+
+def test_the_product_plays_the_voice_into_avatar_cam_microphone(guest):
+    # What parec recorded from the device beside Chromium: the product's side, whatever the page heard.
+    _, report, _ = guest
+    heard = step(report, "talking")["avatar_mic_as_parec_heard_it"]
+    assert heard["rms_max"] > 0.01 and heard["blocks_over_0.01"] >= 10, heard
 
 
 def test_the_portrait_arrives_not_a_black_or_grey_frame(guest):
@@ -146,16 +162,31 @@ def test_ffmpeg_reads_the_device(guest):
     assert seen["stream"] and "yuv420p" in seen["stream"]
     w, h = scenario.FIRST_SIZE
     assert f"{w}x{h}" in seen["stream"]
+    assert f" {scenario.FPS} fps" in seen["stream"], seen["stream"]  # the rate the device announces
     assert seen["frames"] >= 5
     assert (EVIDENCE / "ffmpeg_frame.png").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="product defect: while a call app holds the camera, the daemon cannot "
-                   "reopen it at a new size (pyvirtualcam: 'No v4l2 loopback device found'); see the report")
-def test_a_restart_at_another_size_brings_the_camera_back_while_the_call_app_watches(guest):
+def test_a_restart_at_another_size_while_the_call_app_watches_keeps_its_size_and_says_why(guest):
+    # v4l2loopback keeps the size a reader holds: the restarted daemon sends that size (the track goes on)
+    # and its status says why the new size waits (it used to say "No v4l2 loopback device" and send nothing).
     _, report, summary = guest
     restart = step(report, "restart at another size")
     print(f"restart at another size: {json.dumps(summary['restart_at_new_size'])[:1500]}")
+    assert restart["quit"]["rc"] == 0 and restart["quit"]["process_gone_after_s"] < 5, restart["quit"]
     assert "failed" not in restart["daemon"], restart["daemon"]
+    seen = summary["restart_at_new_size"]
+    w, h = scenario.FIRST_SIZE
+    assert seen["frames_after_restart"] >= 5 and seen["sizes_after_quit"] == [f"{w}x{h}"], seen
+    assert not [e for e in seen["events_after_quit"] if e["what"] == "ended"], seen
+    notice = restart["daemon"]["status"].get("notice") or ""
+    assert "in use by another program" in notice and f"{w}x{h}" in notice, restart["daemon"]["status"]
+
+
+def test_the_new_size_applies_once_the_call_app_let_go(guest):
+    _, report, _ = guest
+    after = step(report, "new size once the call app let go")
     w, h = scenario.SECOND_SIZE
-    assert f"{w}x{h}" in summary["restart_at_new_size"]["sizes_after_quit"]
+    assert after["start"]["rc"] == 0, after["start"]
+    assert after["format"] and f":{w}x{h}@{scenario.FPS}" in after["format"], after
+    assert not after["status"].get("notice"), after["status"]

@@ -4,10 +4,11 @@
    as at boot, the device's name and exclusive_caps, the doctor after;
 2. a PulseAudio server (the "sound card"), `avatar-cam daemon --no-tray` with the Lite engine, Avatar Cam
    Microphone on and the camera through pyvirtualcam's v4l2loopback backend;
-3. Chromium, headless, as the call app (call_page.html) while the test speaks, switches photo, pauses,
-   resumes, and restarts the daemon at another size (there is no `ctl` command for the size: a user edits
-   settings.toml or uses the tray, and the tray's size change closes and reopens the camera the same way),
-   with ffmpeg reading the device beside Chromium before the restart.
+3. Chromium, headless, as the call app (call_page.html; started first, as it takes longest, and told to open
+   the devices once the daemon runs) while the test speaks, switches photo, pauses, resumes, and restarts the
+   daemon at another size (there is no `ctl` command for the size: a user edits settings.toml or uses the
+   tray, and the tray's size change closes and reopens the camera the same way), with ffmpeg reading the
+   device beside Chromium before the restart; after Chromium lets go, a camera off and on gets the new size.
 
 Run as `python in_guest.py RESULTS` with RESULTS/job.json written by the host. Everything it learns goes to
 RESULTS/report.json, written after every step so a failure still leaves what came before.
@@ -70,9 +71,10 @@ def sh(*cmd: str, timeout: float = 120, env: dict | None = None, keep: int = 600
 
 def product_env() -> dict:
     home = Path("/root")
+    # The state dir (the daemon's debug log) is in the results, so the host keeps it.
     return {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(RUNTIME),
             "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share"),
-            "XDG_CACHE_HOME": str(home / ".cache"), "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CACHE_HOME": str(home / ".cache"), "XDG_STATE_HOME": str(RESULTS / "state"),
             "PULSE_SERVER": f"unix:{RUNTIME}/pulse/native"}
 
 
@@ -230,6 +232,7 @@ class Page:
         self.snapshots_wanted: list[str] = []
         self.snapshots: dict = {}
         self.finish = False
+        self.go = threading.Event()  # the page opens the devices once the daemon runs (Chromium starts before)
 
     def take(self, batch: dict) -> dict:
         with self.lock:
@@ -254,8 +257,9 @@ def serve(page: Page, folder: Path) -> ThreadingHTTPServer:
         def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path == "/progress":
-                mark("page", stage=body["stage"])
-                answer = {}
+                if body["stage"] != "waiting":
+                    mark("page", stage=body["stage"])
+                answer = {"go": page.go.is_set()}
             else:
                 answer = page.take(body) if self.path == "/report" else self.snapshot(body)
             data = json.dumps(answer).encode()
@@ -279,9 +283,10 @@ def serve(page: Page, folder: Path) -> ThreadingHTTPServer:
 def start_chromium(port: int) -> subprocess.Popen:
     log = (RESULTS / "chromium.log").open("w")
     return subprocess.Popen(
-        ["chromium", "--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream", "--disable-gpu",
+        # --no-zygote: fewer processes to start under emulation (allowed with --no-sandbox).
+        ["chromium", "--headless=new", "--no-sandbox", "--no-zygote", "--use-fake-ui-for-media-stream", "--disable-gpu",
          "--disable-extensions", "--disable-component-update", "--disable-background-networking", "--disable-sync",
-         "--no-default-browser-check",
+         "--no-default-browser-check", "--disable-breakpad", "--disable-features=Translate,MediaRouter,OptimizationHints",
          "--autoplay-policy=no-user-gesture-required", "--user-data-dir=/tmp/chromium-profile", "--no-first-run",
          f"http://127.0.0.1:{port}/call_page.html"],
         env=product_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -296,17 +301,24 @@ def wait_for(predicate, limit_s: float, what: str) -> None:
     raise RuntimeError(f"{what}: not within {limit_s} s")
 
 
+@step("chromium starts")
+def launch_call(page: Page) -> dict:
+    """Chromium takes minutes to start under emulation: it starts first and loads the page, which waits for
+    the go (`open_call`) while the camera is installed and the daemon starts."""
+    server = serve(page, Path(JOB["web"]))
+    browser = start_chromium(server.server_address[1])
+    return {"pid": browser.pid, "port": server.server_address[1]}
+
+
 @step("chromium opens the devices")
 def open_call(page: Page) -> dict:
     started = time.monotonic()
-    server = serve(page, Path(JOB["web"]))
-    browser = start_chromium(server.server_address[1])
+    page.go.set()
     wait_for(lambda: page.fatal is not None or len(page.video) >= 10, 300, "Chromium's first 10 frames")
     if page.fatal:
         raise RuntimeError(f"the page failed: {page.fatal}")
     mark("chromium sees frames")
-    return {"seconds_to_frames": round(time.monotonic() - started, 1), "pid": browser.pid,
-            "port": server.server_address[1]}
+    return {"seconds_to_frames": round(time.monotonic() - started, 1)}
 
 
 def speak_and_wait(seconds_after: float) -> None:
@@ -323,13 +335,37 @@ def snapshot(page: Page, name: str) -> None:
     mark("snapshot asked", name=name)
 
 
+def record_avatar_mic(path: Path) -> subprocess.Popen:
+    """Record "Avatar Cam Microphone" with parec beside Chromium: what the product plays, whatever the page hears."""
+    return subprocess.Popen(["parec", "-d", "avatar_cam_mic", "--raw", "--format=s16le", "--rate=16000",
+                             "--channels=1", str(path)], env=product_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def loudness(path: Path) -> dict:
+    import numpy as np
+
+    x = np.frombuffer(path.read_bytes() if path.exists() else b"", np.int16).astype(np.float32) / 32768
+    blocks = x[: len(x) // 1600 * 1600].reshape(-1, 1600)  # 100 ms
+    rms = np.sqrt((blocks**2).mean(axis=1)) if len(blocks) else np.zeros(0)
+    return {"seconds": round(len(x) / 16000, 1), "rms_max": round(float(rms.max(initial=0)), 4),
+            "blocks_over_0.01": int((rms > 0.01).sum())}
+
+
 @step("talking")
 def talking(page: Page) -> dict:
+    recording = RESULTS / "avatar_mic.s16"
+    recorder = record_avatar_mic(recording)
     time.sleep(JOB["silence_s"])
     mark("silence ends")
     speak_and_wait(JOB["silence_s"])
     snapshot(page, "widest_mouth")
-    return {}
+    recorder.terminate()
+    recorder.wait(timeout=30)
+    env = product_env()
+    return {"avatar_mic_as_parec_heard_it": loudness(recording), "status": status(),
+            "sink_inputs": sh("pactl", "list", "sink-inputs", env=env, keep=4000)["stdout"],
+            "source_outputs": sh("pactl", "list", "short", "source-outputs", env=env)["stdout"]}
 
 
 @step("photo switch")
@@ -359,11 +395,12 @@ def pause_resume() -> dict:
 def restart_at_size(page: Page) -> dict:
     width, height = JOB["second_size"]
     mark("ctl quit")
-    quit_ = avatar_cam("ctl", "quit", timeout=60)
+    quit_ = avatar_cam("ctl", "quit", timeout=200)
     mark("ctl quit answered")
-    # `ctl quit` answers before the daemon has ended, and it saves its settings as it ends: wait for that,
-    # or it overwrites the new size written below.
+    # `ctl quit` returns once the daemon has ended (and quitting writes no settings): the process is gone.
+    started = time.monotonic()
     DAEMONS[-1].wait(timeout=120)
+    quit_["process_gone_after_s"] = round(time.monotonic() - started, 2)
     mark("daemon quit")
     devices_between = video_devices()
     try:
@@ -382,6 +419,21 @@ def finish_call(page: Page) -> dict:
     page.finish = True
     time.sleep(5)
     return {"last": page.last, "snapshots": page.snapshots}
+
+
+@step("new size once the call app let go")
+def size_after_call() -> dict:
+    """Chromium has stopped its tracks: a camera off and on (`ctl stop`, `ctl start`) now gets the size asked for
+    (the device held the old one while Chromium read it)."""
+    stopped = avatar_cam("ctl", "stop", timeout=120)
+    started = avatar_cam("ctl", "start", timeout=200)
+    device = next((d for d, name in video_devices().items() if name == "Avatar Cam"), "/dev/video10")
+    fmt = Path(f"/sys/class/video4linux/{Path(device).name}/format")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (fmt.exists() and fmt.read_text().strip()):
+        time.sleep(0.5)
+    return {"stop": stopped, "start": started, "status": status(),
+            "format": fmt.read_text().strip() if fmt.exists() else None}
 
 
 # --- 4. ffmpeg --------------------------------------------------------------------------------------------
@@ -411,8 +463,9 @@ def main() -> int:
     page = Page()
     PAGES.append(page)
     try:
-        install_camera()
         start_pulseaudio()
+        launch_call(page)  # starts while the camera is installed and the daemon starts
+        install_camera()
         start_daemon(*JOB["first_size"], "daemon.log")
         open_call(page)
         talking(page)
@@ -421,13 +474,15 @@ def main() -> int:
         ffmpeg_capture()  # a second reader while Chromium watches
         restart_at_size(page)
         finish_call(page)
+        size_after_call()
     except Exception:  # noqa: BLE001  (already in the report; save what the page saw)
         traceback.print_exc()
     finally:
         save()
-    avatar_cam("ctl", "quit", timeout=30)
+    avatar_cam("ctl", "quit", timeout=200)
     mark("guest checks end")
     save()
+    print("phases (s): " + ", ".join(f"{k} {v['seconds']}" for k, v in REPORT["steps"].items()), flush=True)
     return 0
 
 
