@@ -34,10 +34,9 @@ C_PROGRAM = r"""
 #include <stddef.h>
 #include <linux/videodev2.h>
 int main(void) {
-    printf("%lu %lu %lu %lu\n", (unsigned long)VIDIOC_QUERYCAP, (unsigned long)VIDIOC_STREAMON,
-           (unsigned long)VIDIOC_G_PARM, (unsigned long)VIDIOC_S_PARM);
-    printf("%zu %zu %zu %zu\n", sizeof(struct v4l2_streamparm), sizeof(struct v4l2_capability),
-           offsetof(struct v4l2_streamparm, parm.output.timeperframe), offsetof(struct v4l2_capability, version));
+    printf("%lu %lu %lu\n", (unsigned long)VIDIOC_STREAMON, (unsigned long)VIDIOC_G_PARM,
+           (unsigned long)VIDIOC_S_PARM);
+    printf("%zu %zu\n", sizeof(struct v4l2_streamparm), offsetof(struct v4l2_streamparm, parm.output.timeperframe));
     printf("%d\n", V4L2_BUF_TYPE_VIDEO_OUTPUT);
     return 0;
 }
@@ -50,10 +49,8 @@ def test_ioctl_numbers_and_layouts_match_the_kernel_header(tmp_path):
     (tmp_path / "v.c").write_text(C_PROGRAM)
     subprocess.run(["gcc", "-o", str(tmp_path / "v"), str(tmp_path / "v.c")], check=True)
     lines = subprocess.run([str(tmp_path / "v")], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert [int(x) for x in lines[0].split()] == [v4l2.VIDIOC_QUERYCAP, v4l2.VIDIOC_STREAMON, v4l2.VIDIOC_G_PARM,
-                                                  v4l2.VIDIOC_S_PARM]
-    assert [int(x) for x in lines[1].split()] == [v4l2.STREAMPARM_SIZE, v4l2.CAPABILITY_SIZE,
-                                                  v4l2.TIMEPERFRAME_OFFSET, v4l2.VERSION_OFFSET]
+    assert [int(x) for x in lines[0].split()] == [v4l2.VIDIOC_STREAMON, v4l2.VIDIOC_G_PARM, v4l2.VIDIOC_S_PARM]
+    assert [int(x) for x in lines[1].split()] == [v4l2.STREAMPARM_SIZE, v4l2.TIMEPERFRAME_OFFSET]
     assert int(lines[2]) == v4l2.V4L2_BUF_TYPE_VIDEO_OUTPUT
 
 
@@ -83,9 +80,33 @@ def test_the_ioctl_is_really_issued_and_a_refusal_is_an_oserror():
     finally:
         os.close(read)
         os.close(write)
-    with pytest.raises(OSError) as caught:
-        v4l2.WriterFile("/dev/null", 5)  # QUERYCAP first: /dev/null is no V4L2 device
-    assert caught.value.errno == errno.ENOTTY
+
+
+
+def test_the_writer_s_file_is_found_among_this_process_s_files(tmp_path):
+    device = tmp_path / "video10"  # a file standing in for the device node: only its path and modes matter
+    device.write_bytes(b"")
+    reader = os.open(device, os.O_RDONLY)
+    theirs = os.open(device, os.O_WRONLY | os.O_SYNC)  # as pyvirtualcam opens it
+    later = os.open(device, os.O_RDWR)
+    try:
+        assert v4l2.writer_fd(str(device), before=later) == theirs  # our own (later) file is not theirs
+        assert v4l2.writer_fd(str(device)) == later
+        assert v4l2.writer_fd(str(tmp_path / "video11")) is None
+    finally:
+        for fd in (reader, theirs, later):
+            os.close(fd)
+
+
+def test_preparing_a_writer_on_a_file_that_is_no_v4l2_device_says_what_it_could_not_do(tmp_path):
+    theirs = os.open("/dev/null", os.O_WRONLY)
+    try:
+        announced, started, problems = v4l2.prepare_writer("/dev/null", 5)  # both ioctls reach the kernel: ENOTTY
+    finally:
+        os.close(theirs)
+    assert announced is None and started is False
+    assert any("could not set its frame rate to 5 fps" in p for p in problems), problems
+    assert any("could not start the writer's stream" in p for p in problems), problems
 
 
 def _fake_sysfs(root: Path, formats: dict[str, str]) -> Path:

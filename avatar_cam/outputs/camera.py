@@ -87,21 +87,21 @@ class VirtualCameraSink:
         self.device = self._cam.device
         self.backend = self._cam.backend
         self.announced_fps: float | None = None  # the rate the device tells readers, where we set it
-        self._writer = None
         if self.backend == "v4l2loopback" and str(self.device).startswith("/dev/"):
             self._prepare_loopback(width, height, fps)
         log.info("virtual camera %s (%s) open at %dx%d %.0f fps", self.device, self.backend, width, height, fps)
 
     def _prepare_loopback(self, width: int, height: int, fps: float) -> None:
-        """v4l2loopback: our rate and writer's file (outputs/v4l2_device.py), and a refusal, rather than
+        """v4l2loopback: our rate and the writer's role (outputs/v4l2_device.py), and a refusal, rather than
         frames the device would misread, when a reader holds it at another size."""
-        from avatar_cam.outputs.v4l2_device import WriterFile, current_format
+        from avatar_cam.outputs.v4l2_device import current_format, prepare_writer
 
         try:
-            self._writer = WriterFile(self.device, fps)
-            self.announced_fps = self._writer.announced_fps
-            for problem in self._writer.problems:
+            self.announced_fps, started, problems = prepare_writer(self.device, fps)
+            for problem in problems:
                 log.warning("%s: %s", self.device, problem)
+            log.info("%s announces %s fps to readers; writer's stream %s", self.device, self.announced_fps,
+                     "started" if started else "not started")
         except OSError as exc:
             log.warning("%s: could not set its frame rate to %g fps (%s); call apps may expect another rate",
                         self.device, fps, exc)
@@ -117,9 +117,6 @@ class VirtualCameraSink:
         cam, self._cam = getattr(self, "_cam", None), None
         if cam is not None:
             cam.close()
-        writer, self._writer = getattr(self, "_writer", None), None
-        if writer is not None:  # after pyvirtualcam's file: the device's output side comes back with this one
-            writer.close()
 
 
 class ReconnectingCamera:

@@ -4,20 +4,20 @@
   device kept announcing its default 30 fps whatever our rate was (ffmpeg stamped our frames at 30 fps,
   Chromium asked for 30). The driver keeps one frame interval per device, settable through any open file of
   it and reported to every reader (VIDIOC_G_PARM, VIDIOC_ENUM_FRAMEINTERVALS).
-- The writer's role, on v4l2loopback 0.12 (Debian 12 ships 0.12.7): with exclusive_caps=1 a writer that only
+- The writer's role (v4l2loopback 0.12; Debian 12 ships 0.12.7): with exclusive_caps=1 a writer that only
   calls write(), as pyvirtualcam does, never becomes the device's "writer", so when it closes the device stops
   announcing its output side for good: every later open by pyvirtualcam said "No v4l2 loopback device found"
-  (a reopen at a new size, a camera off and on, a daemon restart) until the module was reloaded. Our file
-  calls VIDIOC_STREAMON for the output, which makes it the writer; closing it (after pyvirtualcam's, or by the
-  kernel if the process dies) gives the output side back. Later releases make write() itself the writer, and
-  our extra writer could then take the device's one output slot from pyvirtualcam: they are left alone.
+  (a reopen at a new size, a camera off and on, a daemon restart) until the module was reloaded
+  (v4l2loopback issue 470). The cure its maintainers give is VIDIOC_STREAMON on the writer's file before
+  writing: we issue it on pyvirtualcam's own file (found in /proc/self/fd), which then gives the output side
+  back when it closes. Later releases, which make write() itself the writer, take it as what it is there too:
+  the writer starting its stream. (The driver's own version cannot be asked for: VIDIOC_QUERYCAP reports the kernel's.)
 - The size the device really has (`current_format`): while a reader holds it, v4l2loopback keeps its size
   and 0.12 silently ignores a writer asking for another one (later releases refuse with EBUSY).
 
 The structures are <linux/videodev2.h>'s on every Linux ABI (32-bit fields only, so no padding):
 v4l2_streamparm = u32 type + 200-byte union (v4l2_outputparm: capability, outputmode, timeperframe
-{numerator, denominator}, extendedmode, writebuffers, reserved[4]); v4l2_capability = driver[16], card[32],
-bus_info[32], version, capabilities, device_caps, reserved[3].
+{numerator, denominator}, extendedmode, writebuffers, reserved[4]).
 """
 
 from __future__ import annotations
@@ -30,11 +30,8 @@ from pathlib import Path
 
 V4L2_BUF_TYPE_VIDEO_OUTPUT = 2
 STREAMPARM_SIZE = 4 + 200
-CAPABILITY_SIZE = 104
 _PARM_HEAD = struct.Struct("=I II II II 4I")  # type; capability, outputmode; timeperframe; extendedmode, writebuffers; reserved
 TIMEPERFRAME_OFFSET = 12  # offsetof(struct v4l2_streamparm, parm.output.timeperframe)
-VERSION_OFFSET = 80  # offsetof(struct v4l2_capability, version)
-WRITER_FIXED_IN = (0, 13, 0)  # v4l2loopback releases before this lose their output side (see above)
 
 
 def _ioc(direction: int, kind: str, number: int, size: int) -> int:
@@ -42,7 +39,6 @@ def _ioc(direction: int, kind: str, number: int, size: int) -> int:
     return (direction << 30) | (size << 16) | (ord(kind) << 8) | number
 
 
-VIDIOC_QUERYCAP = _ioc(2, "V", 0, CAPABILITY_SIZE)
 VIDIOC_STREAMON = _ioc(1, "V", 18, 4)
 VIDIOC_G_PARM = _ioc(3, "V", 21, STREAMPARM_SIZE)
 VIDIOC_S_PARM = _ioc(3, "V", 22, STREAMPARM_SIZE)
@@ -80,14 +76,27 @@ def set_frame_rate(fd: int, fps: float) -> float | None:
     return unpack_fps(buf)
 
 
-def driver_version(fd: int) -> tuple[int, int, int]:
-    """The driver's version (VIDIOC_QUERYCAP), e.g. (0, 12, 7) for v4l2loopback 0.12.7."""
-    import fcntl
-
-    buf = bytearray(CAPABILITY_SIZE)
-    fcntl.ioctl(fd, VIDIOC_QUERYCAP, buf, True)
-    (code,) = struct.unpack_from("=I", buf, VERSION_OFFSET)
-    return code >> 16, (code >> 8) & 0xFF, code & 0xFF
+def writer_fd(device: str, before: int | None = None) -> int | None:
+    """The file descriptor this process has open for writing on `device` (pyvirtualcam's): the newest one
+    below `before` when there are several. None if there is none (or no /proc)."""
+    try:
+        target = os.path.realpath(device)
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if before is not None and fd >= before:
+                continue
+            try:
+                if os.path.realpath(f"/proc/self/fd/{fd}") != target:
+                    continue
+                flags = int(Path(f"/proc/self/fdinfo/{fd}").read_text().split("flags:")[1].split()[0], 8)
+            except (OSError, IndexError, ValueError):
+                continue
+            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                found.append(fd)
+        return max(found) if found else None
+    except OSError:
+        return None
 
 
 def start_output(fd: int) -> None:
@@ -120,33 +129,29 @@ def current_format(device: str, sysfs: Path | None = None) -> tuple[str, int, in
     return (found.group(1), int(found.group(2)), int(found.group(3))) if found else None
 
 
-class WriterFile:
-    """Our own file on a v4l2loopback device, open for as long as pyvirtualcam's: it sets the frame rate and,
-    on 0.12, holds the writer's role (see the top). Close it after pyvirtualcam's camera."""
-
-    def __init__(self, device: str, fps: float):
-        self.fd: int | None = os.open(device, os.O_RDWR | os.O_NONBLOCK)
-        self.problems: list[str] = []  # what the driver refused (the camera works without it)
-        self.announced_fps: float | None = None
-        self.holds_writer = False
+def prepare_writer(device: str, fps: float) -> tuple[float | None, bool, list[str]]:
+    """For a device pyvirtualcam has just opened for writing (before its first frame): set the rate readers
+    are told, and make its file the device's writer (see the top). Returns (the rate the device announces
+    now or None, whether the writer's file started its stream, what the driver refused)."""
+    problems: list[str] = []
+    announced = None
+    fd = os.open(device, os.O_RDWR | os.O_NONBLOCK)  # a file of our own for the rate: it never reads nor writes
+    try:
         try:
-            self.version = driver_version(self.fd)
-            try:
-                self.announced_fps = set_frame_rate(self.fd, fps)
-            except OSError as exc:
-                self.problems.append(f"could not set its frame rate to {fps:g} fps ({exc.strerror or exc})")
-            if self.version < WRITER_FIXED_IN:
-                try:
-                    start_output(self.fd)
-                    self.holds_writer = True
-                except OSError as exc:
-                    self.problems.append(f"could not hold its writer's role ({exc.strerror or exc}): after this "
-                                         "camera closes it may need `sudo modprobe -r v4l2loopback && sudo modprobe v4l2loopback`")
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            os.close(fd)
+            announced = set_frame_rate(fd, fps)
+        except OSError as exc:
+            problems.append(f"could not set its frame rate to {fps:g} fps ({exc.strerror or exc})")
+        writer = writer_fd(device, before=fd)
+    finally:
+        os.close(fd)
+    started = False
+    if writer is None:
+        problems.append("could not find the writer's file to start its stream: after this camera closes the device "
+                        "may need `sudo modprobe -r v4l2loopback && sudo modprobe v4l2loopback`")
+    else:
+        try:
+            start_output(writer)
+            started = True
+        except OSError as exc:
+            problems.append(f"could not start the writer's stream ({exc.strerror or exc})")
+    return announced, started, problems
