@@ -173,7 +173,9 @@ def test_a_restart_at_another_size_while_the_call_app_watches_keeps_its_size_and
     _, report, summary = guest
     restart = step(report, "restart at another size")
     print(f"restart at another size: {json.dumps(summary['restart_at_new_size'])[:1500]}")
-    assert restart["quit"]["rc"] == 0 and restart["quit"]["process_gone_after_s"] < 5, restart["quit"]
+    # The CLI's quit returns once the daemon let go of its lock, its last act; the interpreter's own exit
+    # (OpenVINO, OpenCV) takes a few seconds more under emulation.
+    assert restart["quit"]["rc"] == 0 and restart["quit"]["process_gone_after_s"] < 30, restart["quit"]
     assert "failed" not in restart["daemon"], restart["daemon"]
     seen = summary["restart_at_new_size"]
     w, h = scenario.FIRST_SIZE
@@ -187,6 +189,6 @@ def test_the_new_size_applies_once_the_call_app_let_go(guest):
     _, report, _ = guest
     after = step(report, "new size once the call app let go")
     w, h = scenario.SECOND_SIZE
-    assert after["start"]["rc"] == 0, after["start"]
+    assert after["start"]["ok"], after["start"]
     assert after["format"] and f":{w}x{h}@{scenario.FPS}" in after["format"], after
     assert not after["status"].get("notice"), after["status"]

@@ -184,6 +184,27 @@ def status() -> dict:
         return {"state": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def ctl(action: str, arg=None, timeout: float = 200) -> dict:
+    """What `avatar-cam ctl ACTION [ARG]` sends, sent from this process: a Python started per command spends
+    a minute importing under emulation, and that is not what the call app sees. (`ctl quit` below goes
+    through the real command line once.)"""
+    from avatar_cam.daemon import control_client
+
+    start = time.monotonic()
+    try:
+        answer = {"ok": True, "state": control_client.send(action, arg, timeout=timeout).get("status", {}).get("state")}
+    except Exception as exc:  # noqa: BLE001  (recorded: the checks read it)
+        answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {**answer, "seconds": round(time.monotonic() - start, 2)}
+
+
+def device_format() -> str | None:
+    """The device's sysfs `format` (FOURCC:WxH@fps, the rate readers are told), while it holds frames."""
+    device = next((d for d, name in video_devices().items() if name == "Avatar Cam"), "/dev/video10")
+    path = Path(f"/sys/class/video4linux/{Path(device).name}/format")
+    return path.read_text().strip() if path.exists() else None
+
+
 def wait_running(limit_s: float) -> dict:
     deadline = time.monotonic() + limit_s
     current: dict = {}
@@ -207,6 +228,7 @@ def start_daemon(width: int, height: int, log_name: str, limit_s: float = 300) -
     running = wait_running(limit_s)
     mark("daemon running", width=width, height=height)
     return {"pid": process.pid, "seconds_to_running": round(time.monotonic() - started, 1), "status": running,
+            "format": device_format(),
             "devices": video_devices(), "sources": sh("pactl", "list", "short", "sources", env=product_env())["stdout"]}
 
 
@@ -244,7 +266,7 @@ def open_call(page: Page) -> dict:
     if page.fatal:
         raise RuntimeError(f"the page failed: {page.fatal}")
     mark("chromium sees frames")
-    return {"seconds_to_frames": round(time.monotonic() - started, 1)}
+    return {"seconds_to_frames": round(time.monotonic() - started, 1), "format": device_format()}
 
 
 def speak_and_wait(seconds_after: float) -> None:
@@ -290,6 +312,7 @@ def talking(page: Page) -> dict:
     recorder.wait(timeout=30)
     env = product_env()
     return {"avatar_mic_as_parec_heard_it": loudness(recording), "status": status(),
+            "top": sh("top", "-b", "-n", "1", "-w", "200", env=env, keep=3000)["stdout"],
             "sink_inputs": sh("pactl", "list", "sink-inputs", env=env, keep=4000)["stdout"],
             "source_outputs": sh("pactl", "list", "short", "source-outputs", env=env)["stdout"]}
 
@@ -297,7 +320,7 @@ def talking(page: Page) -> dict:
 @step("photo switch")
 def photo_switch(page: Page) -> dict:
     mark("ctl photo")
-    out = avatar_cam("ctl", "photo", JOB["photos"][1], timeout=120)
+    out = ctl("photo", JOB["photos"][1])
     mark("ctl photo answered")
     speak_and_wait(2)
     snapshot(page, "after_photo_switch")
@@ -307,11 +330,11 @@ def photo_switch(page: Page) -> dict:
 @step("pause and resume")
 def pause_resume() -> dict:
     mark("ctl pause")
-    paused = avatar_cam("ctl", "pause", timeout=60)
+    paused = ctl("pause")
     mark("ctl pause answered")
     speak_and_wait(1)
     mark("ctl resume")
-    resumed = avatar_cam("ctl", "resume", timeout=60)
+    resumed = ctl("resume")
     mark("ctl resume answered")
     speak_and_wait(2)
     return {"pause": paused, "resume": resumed}
@@ -341,7 +364,8 @@ def restart_at_size(page: Page) -> dict:
 @step("chromium finishes")
 def finish_call(page: Page) -> dict:
     snapshot(page, "last_frame")
-    wait_for(lambda: "last_frame" in page.snapshots, 180, "the page's snapshots")
+    wait_for(lambda: "last_frame" in page.snapshots or (page.last or {}).get("readyState") == "ended", 180,
+             "the page's snapshots")
     page.finish = True
     time.sleep(5)
     return {"last": page.last, "snapshots": page.snapshots}
@@ -351,15 +375,12 @@ def finish_call(page: Page) -> dict:
 def size_after_call() -> dict:
     """Chromium has stopped its tracks: a camera off and on (`ctl stop`, `ctl start`) now gets the size asked for
     (the device held the old one while Chromium read it)."""
-    stopped = avatar_cam("ctl", "stop", timeout=120)
-    started = avatar_cam("ctl", "start", timeout=200)
-    device = next((d for d, name in video_devices().items() if name == "Avatar Cam"), "/dev/video10")
-    fmt = Path(f"/sys/class/video4linux/{Path(device).name}/format")
+    stopped = ctl("stop")
+    started = ctl("start")
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (fmt.exists() and fmt.read_text().strip()):
+    while time.monotonic() < deadline and not device_format():
         time.sleep(0.5)
-    return {"stop": stopped, "start": started, "status": status(),
-            "format": fmt.read_text().strip() if fmt.exists() else None}
+    return {"stop": stopped, "start": started, "status": status(), "format": device_format()}
 
 
 # --- 4. ffmpeg --------------------------------------------------------------------------------------------
@@ -376,6 +397,7 @@ def ffmpeg_capture() -> dict:
     times = [float(x) for x in re.findall(r"pts_time:\s*([\d.]+)", out["stderr"])]
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
     return {"stream": stream.group(1) if stream else None, "frames": len(times), "measured_fps": rate,
+            "format": device_format(),
             "rc": out["rc"], "frame_png_rc": frame["rc"], "stderr_head": out["stderr"][:1500]}
 
 
