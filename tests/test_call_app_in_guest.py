@@ -73,6 +73,7 @@ def test_the_guest_boots_runs_the_checks_and_powers_off(guest):
     assert not booted.timed_out, booted.console[-2000:]
     assert booted.returncode == 0
     assert (EVIDENCE / "exit_code").read_text().strip() == "0", (EVIDENCE / "guest.log").read_text()[-3000:]
+    assert report["product_path"].startswith(str(scenario.REPO)), report["product_path"]  # not another checkout
 
 
 def test_install_script_makes_the_camera_that_loads_at_boot(guest):

@@ -312,7 +312,7 @@ def talking(page: Page) -> dict:
     recorder.wait(timeout=30)
     env = product_env()
     return {"avatar_mic_as_parec_heard_it": loudness(recording), "status": status(),
-            "top": sh("top", "-b", "-n", "1", "-w", "200", env=env, keep=3000)["stdout"],
+            "top": sh("sh", "-c", "top -b -n 1 -w 200 | head -30", env=env, keep=4000)["stdout"],
             "sink_inputs": sh("pactl", "list", "sink-inputs", env=env, keep=4000)["stdout"],
             "source_outputs": sh("pactl", "list", "short", "source-outputs", env=env)["stdout"]}
 
@@ -407,6 +407,9 @@ def ffmpeg_capture() -> dict:
 def main() -> int:
     os.environ.update(product_env())
     REPORT["job"] = JOB
+    import avatar_cam
+
+    REPORT["product_path"] = avatar_cam.__file__  # this checkout's (see guest_main.sh), not an installed one
     mark("guest checks start")
     page = Page()
     PAGES.append(page)

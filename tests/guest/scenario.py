@@ -91,8 +91,11 @@ def prepare(results: Path, kit: GuestKit, timeout_s: float) -> dict:
            "first_size": FIRST_SIZE, "second_size": SECOND_SIZE, "fps": FPS, "silence_s": 3, "ffmpeg_s": 4,
            "references": references}
     (results / "job.json").write_text(json.dumps(job, indent=1))
+    # GUEST_REPO goes first on the guest's PYTHONPATH: the Python may have another checkout of the product
+    # installed (an editable install of the main worktree), and the guest must run this one.
     (results / "job.env").write_text(
-        f"GUEST_PYTHON={sys.executable}\nGUEST_CHECKS={HERE / 'in_guest.py'}\nGUEST_MODULES={kit.root / 'lib/modules'}\n"
+        f"GUEST_PYTHON={sys.executable}\nGUEST_REPO={REPO}\nGUEST_CHECKS={HERE / 'in_guest.py'}\n"
+        f"GUEST_MODULES={kit.root / 'lib/modules'}\n"
         f"GUEST_BUSYBOX={kit.root / 'bin/busybox'}\nGUEST_TIMEOUT_S={int(timeout_s)}\n")
     return job
 
