@@ -168,22 +168,30 @@ def test_ffmpeg_reads_the_device(guest):
     assert (EVIDENCE / "ffmpeg_frame.png").exists()
 
 
-def test_a_restart_at_another_size_while_the_call_app_watches_keeps_its_size_and_says_why(guest):
-    # v4l2loopback keeps the size a reader holds: the restarted daemon sends that size (the track goes on)
-    # and its status says why the new size waits (it used to say "No v4l2 loopback device" and send nothing).
+def test_a_restart_at_another_size_while_the_call_app_watches_finds_the_camera_again(guest):
+    # The restarted daemon used to find no camera at all ('No v4l2 loopback device': v4l2loopback 0.12 had
+    # hidden the device's output side when the first daemon's writer closed). Now it finds it, at the size
+    # Chromium still holds (sending that size, its status saying why the new size waits) or, if Chromium
+    # ended its track meanwhile (it gives up on a camera after ~10 s without frames, and under emulation a
+    # quit and a start take longer than that; a few seconds on a real machine), at the new size.
     _, report, summary = guest
     restart = step(report, "restart at another size")
-    print(f"restart at another size: {json.dumps(summary['restart_at_new_size'])[:1500]}")
+    seen = summary["restart_at_new_size"]
+    print(f"restart at another size: {json.dumps(seen)[:1500]}")
     # The CLI's quit returns once the daemon let go of its lock, its last act; the interpreter's own exit
     # (OpenVINO, OpenCV) takes a few seconds more under emulation.
     assert restart["quit"]["rc"] == 0 and restart["quit"]["process_gone_after_s"] < 30, restart["quit"]
     assert "failed" not in restart["daemon"], restart["daemon"]
-    seen = summary["restart_at_new_size"]
-    w, h = scenario.FIRST_SIZE
-    assert seen["frames_after_restart"] >= 5 and seen["sizes_after_quit"] == [f"{w}x{h}"], seen
-    assert not [e for e in seen["events_after_quit"] if e["what"] == "ended"], seen
-    notice = restart["daemon"]["status"].get("notice") or ""
-    assert "in use by another program" in notice and f"{w}x{h}" in notice, restart["daemon"]["status"]
+    status = restart["daemon"]["status"]
+    assert status["camera"] and "No v4l2 loopback" not in str(status), status
+    ended = [e for e in seen["events_after_quit"] if e["what"] == "ended"]
+    (w, h), (w2, h2) = scenario.FIRST_SIZE, scenario.SECOND_SIZE
+    if ended:
+        assert f":{w2}x{h2}@" in (restart["daemon"]["format"] or ""), restart["daemon"]
+    else:
+        assert seen["frames_after_restart"] >= 5 and seen["sizes_after_quit"] == [f"{w}x{h}"], seen
+        notice = status.get("notice") or ""
+        assert "in use by another program" in notice and f"{w}x{h}" in notice, status
 
 
 def test_the_new_size_applies_once_the_call_app_let_go(guest):

@@ -407,9 +407,9 @@ def ffmpeg_capture() -> dict:
 def main() -> int:
     os.environ.update(product_env())
     REPORT["job"] = JOB
-    import avatar_cam
+    import avatar_cam as product
 
-    REPORT["product_path"] = avatar_cam.__file__  # this checkout's (see guest_main.sh), not an installed one
+    REPORT["product_path"] = product.__file__  # this checkout's (see guest_main.sh), not an installed one
     mark("guest checks start")
     page = Page()
     PAGES.append(page)
