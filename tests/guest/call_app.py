@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -78,12 +77,8 @@ def serve(page: Page, folder: Path, results: Path, mark) -> ThreadingHTTPServer:
 def start_chromium(port: int, results: Path, env: dict) -> subprocess.Popen:
     log = (results / "chromium.log").open("w")
     return subprocess.Popen(
-        # As root (the guest runs everything as root) Chromium raises its own priority (nice -8) over the
-        # daemon's and PulseAudio's, which a call app run by a user cannot do: PulseAudio's main thread then fell
-        # a minute behind with the microphone's sound. Without CAP_SYS_NICE it stays at 0, as on a desktop.
         # --no-zygote: fewer processes to start under emulation (allowed with --no-sandbox).
-        [*(["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"] if shutil.which("setpriv") else []),
-         "chromium", "--headless=new", "--no-sandbox", "--no-zygote", "--use-fake-ui-for-media-stream", "--disable-gpu",
+        ["chromium", "--headless=new", "--no-sandbox", "--no-zygote", "--use-fake-ui-for-media-stream", "--disable-gpu",
          "--disable-extensions", "--disable-component-update", "--disable-background-networking", "--disable-sync",
          "--no-default-browser-check", "--disable-breakpad", "--disable-features=Translate,MediaRouter,OptimizationHints",
          "--autoplay-policy=no-user-gesture-required", "--user-data-dir=/tmp/chromium-profile", "--no-first-run",
