@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -29,16 +30,16 @@ from vm import qemu_available  # noqa: E402
 
 EVIDENCE = scenario.REPO / ".guest-cache" / "evidence"
 ENABLE = "AVATAR_GUEST_TESTS"  # set to 1 to run the guest (tests/run.sh then installs QEMU and Chromium)
-GUEST_TIMEOUT_S = 1500  # under emulation on a busy 2-core machine a run took ~15 min; ~5 on a quiet one
+GUEST_TIMEOUT_S = 1500  # a limit, not the expected time: checks.json's "steps" say where the time goes
 LAG_BOUND_MS = 1500  # voice onset to mouth opening, as Chromium received both (loose: emulation)
 
 
 @pytest.fixture(scope="module")
 def guest():
     if os.environ.get(ENABLE) != "1":
-        pytest.skip(f"the guest test is not green yet: in the guest, Chromium hears only silence from Avatar Cam "
-                    f"Microphone, and a run takes ~25 min under emulation; run it with {ENABLE}=1 "
-                    "bash tests/run.sh -k call_app_in_guest -s -rs")
+        pytest.skip(f"the guest test is not green yet: in the emulated guest the microphone's sound reaches the "
+                    f"daemon 20-60 s late, so the voice checks fail (a run takes ~5 min on a quiet host); run it "
+                    f"with {ENABLE}=1 bash tests/run.sh -k call_app_in_guest -s -rs")
     try:
         qemu_available()
         build_kit()
@@ -49,7 +50,9 @@ def guest():
     if not report.get("page"):
         pytest.fail(f"the guest reported nothing from the call page; see {EVIDENCE}/guest.log and console.log")
     summary = analysis.summarize(report)
-    checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1)},
+    up = re.search(r"guest: up after ([\d.]+) s", booted.console)
+    checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1),
+                       "kernel_to_checks_s": float(up.group(1)) if up else None},
               "steps": {k: {"ok": v["ok"], "seconds": v["seconds"]} for k, v in report.get("steps", {}).items()},
               **summary}
     (EVIDENCE / "checks.json").write_text(json.dumps(checks, indent=1))
@@ -70,6 +73,7 @@ def test_the_guest_boots_runs_the_checks_and_powers_off(guest):
     assert not booted.timed_out, booted.console[-2000:]
     assert booted.returncode == 0
     assert (EVIDENCE / "exit_code").read_text().strip() == "0", (EVIDENCE / "guest.log").read_text()[-3000:]
+    assert report["product_path"].startswith(str(scenario.REPO)), report["product_path"]  # not another checkout
 
 
 def test_install_script_makes_the_camera_that_loads_at_boot(guest):
@@ -92,6 +96,19 @@ def test_chromium_lists_and_opens_avatar_cam_and_its_microphone(guest):
     assert ("videoinput", "Avatar Cam") in listed
     assert ("audioinput", "Avatar Cam Microphone") in listed
     assert {t["label"] for t in summary["devices"]["tracks"]} == {"Avatar Cam", "Avatar Cam Microphone"}
+
+
+def test_chromium_is_told_the_camera_s_frame_rate(guest):
+    _, _, summary = guest
+    video = next(t for t in summary["devices"]["tracks"] if t["kind"] == "video")
+    assert video["settings"]["frameRate"] == pytest.approx(scenario.FPS), video  # was 30 whatever the rate
+
+
+def test_the_product_plays_the_voice_into_avatar_cam_microphone(guest):
+    # What parec recorded from the device beside Chromium: the product's side, whatever the page heard.
+    _, report, _ = guest
+    heard = step(report, "talking")["avatar_mic_as_parec_heard_it"]
+    assert heard["rms_max"] > 0.01 and heard["blocks_over_0.01"] >= 10, heard
 
 
 def test_the_portrait_arrives_not_a_black_or_grey_frame(guest):
@@ -146,16 +163,41 @@ def test_ffmpeg_reads_the_device(guest):
     assert seen["stream"] and "yuv420p" in seen["stream"]
     w, h = scenario.FIRST_SIZE
     assert f"{w}x{h}" in seen["stream"]
+    assert f" {scenario.FPS} fps" in seen["stream"], seen["stream"]  # the rate the device announces
     assert seen["frames"] >= 5
     assert (EVIDENCE / "ffmpeg_frame.png").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="product defect: while a call app holds the camera, the daemon cannot "
-                   "reopen it at a new size (pyvirtualcam: 'No v4l2 loopback device found'); see the report")
-def test_a_restart_at_another_size_brings_the_camera_back_while_the_call_app_watches(guest):
+def test_a_restart_at_another_size_while_the_call_app_watches_finds_the_camera_again(guest):
+    # The restarted daemon used to find no camera at all ('No v4l2 loopback device': v4l2loopback 0.12 had
+    # hidden the device's output side when the first daemon's writer closed). Now it finds it, at the size
+    # Chromium still holds (sending that size, its status saying why the new size waits) or, if Chromium
+    # ended its track meanwhile (it gives up on a camera after ~10 s without frames, and under emulation a
+    # quit and a start take longer than that; a few seconds on a real machine), at the new size.
     _, report, summary = guest
     restart = step(report, "restart at another size")
-    print(f"restart at another size: {json.dumps(summary['restart_at_new_size'])[:1500]}")
+    seen = summary["restart_at_new_size"]
+    print(f"restart at another size: {json.dumps(seen)[:1500]}")
+    # The CLI's quit returns once the daemon let go of its lock, its last act; the interpreter's own exit
+    # (OpenVINO, OpenCV) takes a few seconds more under emulation.
+    assert restart["quit"]["rc"] == 0 and restart["quit"]["process_gone_after_s"] < 30, restart["quit"]
     assert "failed" not in restart["daemon"], restart["daemon"]
+    status = restart["daemon"]["status"]
+    assert status["camera"] and "No v4l2 loopback" not in str(status), status
+    ended = [e for e in seen["events_after_quit"] if e["what"] == "ended"]
+    (w, h), (w2, h2) = scenario.FIRST_SIZE, scenario.SECOND_SIZE
+    if ended:
+        assert f":{w2}x{h2}@" in (restart["daemon"]["format"] or ""), restart["daemon"]
+    else:
+        assert seen["frames_after_restart"] >= 5 and seen["sizes_after_quit"] == [f"{w}x{h}"], seen
+        notice = status.get("notice") or ""
+        assert "in use by another program" in notice and f"{w}x{h}" in notice, status
+
+
+def test_the_new_size_applies_once_the_call_app_let_go(guest):
+    _, report, _ = guest
+    after = step(report, "new size once the call app let go")
     w, h = scenario.SECOND_SIZE
-    assert f"{w}x{h}" in summary["restart_at_new_size"]["sizes_after_quit"]
+    assert after["start"]["ok"], after["start"]
+    assert after["format"] and f":{w}x{h}@{scenario.FPS}" in after["format"], after
+    assert not after["status"].get("notice"), after["status"]

@@ -278,7 +278,8 @@ def test_every_command_reaches_the_controller(fake_server):
     server, fake, events = fake_server
     for cmd, arg in (("status", None), ("start", None), ("stop", None), ("pause", None), ("resume", None),
                      ("photo", "/p/me.png"), ("mic", "USB"), ("mic", None), ("show", None), ("quit", None)):
-        assert control_client.send(cmd, arg) == {"ok": True, "status": {"state": "stopped"}}
+        extra = {"pid": os.getpid()} if cmd == "quit" else {}  # quit says whose end to wait for
+        assert control_client.send(cmd, arg) == {"ok": True, "status": {"state": "stopped"}, **extra}
     calls = [c for c in fake.calls if c[0] != "status"]
     assert calls == [("start",), ("stop",), ("pause",), ("resume",), ("set_photo", "/p/me.png"), ("set_mic", "USB"),
                      ("set_mic", None)]

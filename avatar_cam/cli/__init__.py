@@ -32,14 +32,24 @@ def setup_logging(verbose: bool = False) -> None:
         log.warning("cannot write the log file in %s: %s", paths.log_dir(), exc)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from avatar_cam import bench
-    from avatar_cam.cli import ctl, daemon, demo, doctor, models, render, run
+# Commands that must start fast (keyboard shortcuts, scripts, a slow machine): only their own module is
+# imported for them, not every command's (the others pull in NumPy, OpenCV, OpenVINO...).
+LIGHT_COMMANDS = ("ctl",)
 
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avatar-cam", description="A lip-synced virtual webcam from one portrait photo.")
     parser.add_argument("--version", action="version", version=f"avatar-cam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages (they always go to the log file)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if only == "ctl":
+        from avatar_cam.cli import ctl
+
+        ctl.register(sub)
+        return parser
+    from avatar_cam import bench
+    from avatar_cam.cli import ctl, daemon, demo, doctor, models, render, run
+
     run.register(sub)
     render.register(sub)
     demo.register(sub)
@@ -51,8 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand named in `argv` (the first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    word = command_word(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(word if word in LIGHT_COMMANDS else None)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     func = getattr(args, "func", None)

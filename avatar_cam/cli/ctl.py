@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
+from avatar_cam import paths
 from avatar_cam.daemon import control_client
+from avatar_cam.errors import AvatarCamError
 
 # Starting the camera loads the photo and the engine (seconds on a slow CPU); the rest answer at once, but
 # a command arriving during a start waits for it.
 TIMEOUT_S = {"start": 120.0, "photo": 60.0, "mic": 30.0}
 DEFAULT_TIMEOUT_S = 60.0
+QUIT_WAIT_S = 150.0  # after `quit` answers: the daemon waits up to 120 s for a camera that is still opening
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     mic = actions.add_parser("mic", help="switch microphone (a name, part of one, or an index)")
     mic.add_argument("name")
     actions.add_parser("show", help="bring the tray menu forward")
-    actions.add_parser("quit", help="stop the camera and end the daemon")
+    actions.add_parser("quit", help="stop the camera and end the daemon (returns once it has ended)")
     ctl.set_defaults(func=cmd_ctl)
 
 
@@ -48,10 +52,32 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     elif action == "status":
         print(describe(status))
     elif action == "quit":
-        print("Avatar Cam is quitting.")
+        waited = QUIT_WAIT_S
+        if not wait_until_ended(waited):
+            pid = response.get("pid")
+            raise AvatarCamError(f"Avatar Cam{f' (pid {pid})' if pid else ''} was asked to quit but is still running "
+                                 f"after {waited:g} s", hint=f"it may be stuck releasing the camera or microphone: "
+                                 f"see the log in {paths.log_dir()}" + (f", or end it with `kill {pid}`" if pid else ""))
+        print("Avatar Cam has quit.")
     else:
         print(status_line(status))
     return 0
+
+
+def wait_until_ended(timeout: float) -> bool:
+    """After `quit`: wait until the daemon has ended, i.e. released its one-per-user lock (it does that after
+    closing camera and microphone, as the last thing it does; the OS does it if the process dies). True if so."""
+    from avatar_cam.daemon.instance import InstanceLock
+
+    deadline = time.monotonic() + timeout
+    while True:
+        lock = InstanceLock()
+        if lock.acquire():  # free: nobody holds it any more (let go at once, for the next daemon)
+            lock.release()
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def status_line(status: dict) -> str:
@@ -74,6 +100,8 @@ def describe(status: dict) -> str:
     lines.append(f"  {'virtual mic:':<13}{virtual_mic_line(status.get('virtual_mic'))}")
     lines.append(f"  {'preview:':<13}{'on' if status.get('preview') else 'off'}")
     lines.append(f"  {'performance:':<13}{status.get('performance', '-')}")
+    if status.get("notice"):
+        lines.append(f"  {'note:':<13}{status['notice']}")
     return "\n".join(lines)
 
 

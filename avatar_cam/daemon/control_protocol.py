@@ -2,6 +2,7 @@
 
     request   {"cmd": "status"|"start"|"stop"|"pause"|"resume"|"photo"|"mic"|"show"|"quit", "arg": ...}
     response  {"ok": true, "status": {...}}  or  {"ok": false, "error": "...", "hint": "..."}
+              (`quit` adds "pid": the daemon's process id; it ends once it has released camera and microphone)
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ def controller_handler(controller, on_show: Callable[[], None], on_quit: Callabl
         elif cmd == "quit":
             log.info("asked to quit")
             on_quit()
+            return {"ok": True, "status": controller.status().to_dict(), "pid": os.getpid()}
         return {"ok": True, "status": controller.status().to_dict()}
 
     return handle

@@ -66,6 +66,7 @@ class Controller(MicrophoneWatch, Extras):
         self._rescans = 0  # PortAudio rescans so far: a stream opened before one is dead
         self._next_mic_search = 0.0  # when the watchdog may next look for a chosen microphone PortAudio lacks
         self._kept_vmic_devices = None  # "Avatar Cam Microphone" kept in place while the camera reopens
+        self._camera_notice: str | None = None  # why the camera runs at another size than the settings say
 
     # --- observers ----------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Status], None]) -> None:
@@ -126,6 +127,7 @@ class Controller(MicrophoneWatch, Extras):
                 mouth_hz=round(mouth_hz, 1) if mouth_hz is not None else None,
                 performance=self.settings.performance,
                 lips=lips_text(mouth_hz, target_hz),
+                notice=self._camera_notice,
             )
 
     # --- commands --------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ class Controller(MicrophoneWatch, Extras):
         from avatar_cam.audio.sources import MicrophoneSource
         from avatar_cam.errors import AudioError, CameraError
         from avatar_cam.live.pipeline import LivePipeline
-        from avatar_cam.outputs.camera import ReconnectingCamera, VirtualCameraSink
+        from avatar_cam.outputs.camera import CameraInUseError, ReconnectingCamera, VirtualCameraSink
 
         if self.running:
             return self.status()
@@ -154,8 +156,17 @@ class Controller(MicrophoneWatch, Extras):
             def open_camera() -> VirtualCameraSink:
                 return VirtualCameraSink(fmt.width, fmt.height, clock.fps, backend=backend, device=device)
 
+            notice = None
             try:
-                camera = ReconnectingCamera(open_camera, camera=open_camera())
+                try:
+                    camera = ReconnectingCamera(open_camera, camera=open_camera())
+                except CameraInUseError as exc:
+                    # A call app holds the device at the size it had: keep sending that size (its track stays
+                    # live) rather than nothing; the chosen size waits for the device, as the notice says.
+                    renderer, fmt, clock = self._build_renderer(portrait, size=exc.size)
+                    notice = f"{exc}; {exc.hint}"
+                    log.warning("%s", notice)
+                    camera = ReconnectingCamera(open_camera, camera=open_camera())
             except UnknownCameraBackendError as exc:  # a setting to fix, not a device to wait for
                 return self._fail_start(exc)
             except CameraError as exc:
@@ -170,10 +181,12 @@ class Controller(MicrophoneWatch, Extras):
             self._thread = threading.Thread(target=self._run_pipeline, name="frames", daemon=True)
             self._thread.start()
             self.error, self._mic_fault, self._extras_fault = photo_note, None, {}
+            self._camera_notice = notice
             self._find_unlisted_mic(self.settings.mic)  # plugged in while the camera was off
             mic = MicrophoneSource(ring, device=self.settings.mic)
             now = time.monotonic()
-            self._mic_opened_at, self._mic_seen, self._mic_retry_at = now, (0, now), now + self.MIC_RETRY_S
+            self._mic_opened(now, 0)
+            self._mic_retry_at, self._mic_backoff_s = now + self.MIC_RETRY_S, self.MIC_RETRY_S
             try:
                 mic.start()
                 self._mic = mic
@@ -210,8 +223,12 @@ class Controller(MicrophoneWatch, Extras):
             self.error = f"the camera pipeline stopped: {exc}"
             self._changed()
 
-    def stop(self) -> Status:
-        """Close the camera and release the microphone."""
+    def stop(self, remember: bool = True) -> Status:
+        """Close the camera and release the microphone.
+
+        `remember`: the user turned the camera off (`camera_on` becomes False, saved). Quitting passes False:
+        the daemon ends without writing settings, so the next start restores the camera as the user left it
+        and an edit of settings.toml made after quitting stays."""
         self._health_stop.set()  # first, without the lock: the watchdog may be waiting for it
         health, self._health = self._health, None
         if health is not None and health is not threading.current_thread():
@@ -232,10 +249,11 @@ class Controller(MicrophoneWatch, Extras):
             for part in (vmic, camera, preview):
                 if part is not None:
                     part.close()
-            self.error = self._mic_fault = None
+            self.error = self._mic_fault = self._camera_notice = None
             self._extras_fault = {}
-            self.settings.camera_on = False
-            self._save()
+            if remember and self.settings.camera_on:
+                self.settings.camera_on = False
+                self._save()
         self._changed()
         return self.status()
 
@@ -363,9 +381,11 @@ class Controller(MicrophoneWatch, Extras):
                           "choose another photo (tray: Photo, or avatar-cam ctl photo PATH)")
         return load_portrait(current_photo(self.settings), s.face_box), None
 
-    def _build_renderer(self, portrait):
+    def _build_renderer(self, portrait, size: tuple[int, int] | None = None):
+        """The renderer for the settings (at `size` instead of their width and height, if given)."""
+        settings = self.settings if size is None else dataclasses.replace(self.settings, width=size[0], height=size[1])
         try:
-            picture = picture_from_settings(self.settings)
+            picture = picture_from_settings(settings)
         except ValueError as exc:
             raise AvatarCamError(str(exc), hint="fix it in settings.toml, or from the tray's Camera menu") from None
         return build_renderer(portrait, picture), picture.fmt, picture.clock

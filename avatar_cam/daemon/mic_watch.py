@@ -1,7 +1,7 @@
 """The controller's microphone side: switching microphones, and the watchdog's supervision of the open one.
 
-A microphone that errors, or stops delivering sound, is reopened every `MIC_RETRY_S` while the camera keeps
-showing the idle face; a chosen microphone that this process's PortAudio does not list (plugged in after it
+A microphone that errors, or stops delivering sound, is reopened (after `MIC_RETRY_S`, then backing off)
+while the camera keeps showing the idle face; a chosen microphone that this process's PortAudio does not list (plugged in after it
 started) is looked for among the devices there are now. `Controller` inherits these methods: they share its
 lock and state (`_ring`, `_mic`, `_mic_fault`...). `_lost_mic` and `_reopen_mic` run on the "health" thread;
 `set_mic` on the caller's.
@@ -20,10 +20,15 @@ log = logging.getLogger(__name__)
 
 
 class MicrophoneWatch:
-    MIC_RETRY_S = 0.75  # between reopen attempts of a lost microphone
-    MIC_STALL_S = 1.0  # a "running" microphone that delivers nothing for this long is lost
+    MIC_RETRY_S = 0.75  # first wait between reopen attempts of a lost microphone; doubles per failed attempt
+    MIC_RETRY_MAX_S = 12.0  # ... up to this (a starved CPU must not turn reopening into a storm)
+    MIC_STALL_S = 1.0  # a "running" microphone that delivers nothing for this long (while we ran) is lost
     MIC_OPEN_GRACE_S = 3.0  # a freshly opened stream may take this long to deliver (PulseAudio after a restart: ~2 s)
     MIC_SEARCH_S = 3.0  # between looks for a chosen microphone this process's PortAudio does not list
+    # The stall clock: seconds of silence from the stream counted only while this process ran (see `_lost_mic`).
+    _mic_quiet_s = 0.0
+    _mic_looked_at = 0.0
+    _mic_backoff_s = MIC_RETRY_S
 
     def set_mic(self, name: str | None) -> Status:
         """Switch microphone without closing the camera; a device that cannot open raises, the old one stays.
@@ -54,8 +59,8 @@ class MicrophoneWatch:
                         self._mic = old
                     raise
                 self._mic = new
-                now = time.monotonic()
-                self._mic_opened_at, self._mic_seen, self._mic_fault = now, (self._ring.total, now), None
+                self._mic_opened(time.monotonic(), self._ring.total)
+                self._mic_fault, self._mic_backoff_s = None, self.MIC_RETRY_S
                 if self.error and self.error.startswith("microphone"):
                     self.error = None
             self.settings.mic = name
@@ -112,34 +117,58 @@ class MicrophoneWatch:
             self._rescans += 1
             rescan_devices()
 
+    def _mic_opened(self, now: float, total: int) -> None:
+        """A stream was just opened: its stall clock starts (under the lock)."""
+        self._mic_opened_at, self._mic_seen, self._mic_quiet_s, self._mic_looked_at = now, (total, now), 0.0, now
+
+    def _ran_since(self, t: float) -> bool:
+        """Did this process run since `t`? The frame thread draws at the camera's rate whether or not sound comes
+        (the idle face), so a frame drawn since then says it did; none says the CPU was taken from us."""
+        pipeline = self._pipeline
+        records = pipeline.stats.records if pipeline is not None else None
+        if not records:
+            return True  # nothing to compare with yet: take the time as it came
+        return records[-1].emitted >= t
+
     def _lost_mic(self, now: float):
         """Under the lock: is the microphone lost (stream error, or nothing from a "running" stream)?
 
+        Silence counts towards a stall only for the time this process itself ran: on a starved CPU (a busy
+        machine, an emulator) the watchdog, the stream's thread and the frame thread are all held up together,
+        and that is not the microphone's fault. A look that comes late adds at most two looks' worth, and an
+        interval in which the frame thread drew nothing adds nothing. Reopen attempts back off: MIC_RETRY_S,
+        doubling up to MIC_RETRY_MAX_S, until sound comes back.
         Returns (ring, detached old source or None) when it is time to reopen it, else None.
         """
         ring, mic = self._ring, self._mic
         if ring is None:
             return None
         total = ring.total
+        since, self._mic_looked_at = self._mic_looked_at, now
         if total != self._mic_seen[0]:
-            self._mic_seen = (total, now)
+            self._mic_seen, self._mic_quiet_s = (total, now), 0.0
+        elif self._ran_since(since):
+            self._mic_quiet_s += min(max(now - since, 0.0), 2 * self.WATCH_S)
         if mic is None:
             problem = self._mic_fault or "microphone lost"
         elif mic.status.startswith("error"):
             problem = mic.status.removeprefix("error: ")
-        elif now - max(self._mic_seen[1], self._mic_opened_at + self.MIC_OPEN_GRACE_S - self.MIC_STALL_S) > self.MIC_STALL_S:
-            problem = f"no sound from it for {now - self._mic_seen[1]:.0f} s"
+        elif self._mic_quiet_s > self.MIC_STALL_S and now - self._mic_opened_at > self.MIC_OPEN_GRACE_S:
+            problem = f"no sound from it for {self._mic_quiet_s:.0f} s"
         else:
             if self._mic_fault and self._mic_seen[1] > self._mic_opened_at:
                 log.info("the microphone is back")
-                self._mic_fault = None
+                self._mic_fault, self._mic_backoff_s = None, self.MIC_RETRY_S
             return None
         if not self._mic_fault:  # just lost
             log.warning("microphone lost (%s): reconnecting", problem)
             self._mic_fault = f"microphone lost: reconnecting ({problem})"
         if now < self._mic_retry_at:
             return None
-        self._mic_retry_at = now + self.MIC_RETRY_S
+        self._mic_retry_at = now + self._mic_backoff_s
+        if self._mic_backoff_s < self.MIC_RETRY_MAX_S:
+            log.info("microphone: reopening it; if that fails, the next try in %.1f s", self._mic_backoff_s)
+        self._mic_backoff_s = min(2 * self._mic_backoff_s, self.MIC_RETRY_MAX_S)
         self._mic = None
         return ring, mic
 
@@ -165,8 +194,8 @@ class MicrophoneWatch:
             if stop.is_set() or self._ring is not ring or self._mic is not None or self._rescans != rescans:
                 new.stop()
                 return
-            now = time.monotonic()
-            self._mic, self._mic_opened_at, self._mic_seen = new, now, (ring.total, now)
+            self._mic = new
+            self._mic_opened(time.monotonic(), ring.total)
 
     def _search_missing_mic(self) -> None:
         """The chosen microphone, unplugged and plugged in again, may come back under a new ALSA card that

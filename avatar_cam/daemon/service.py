@@ -6,7 +6,8 @@ command that starts it (cli/daemon.py) takes the instance lock and picks the tra
 Threads: the main thread runs the tray (pystray wants it) or, headless, waits for a quit request and handles
 SIGTERM/SIGINT/SIGHUP; "control" serves the control socket; "camera-start" opens the camera at launch so the icon
 appears at once; the controller owns the frame thread. Quitting, by any route, closes the socket, then
-releases the camera and microphone, and keeps `camera_on` as the user left it for the next start.
+releases the camera and microphone, and writes no settings (they were saved as they changed: an edit of
+settings.toml made once `ctl quit` has returned stays, and `camera_on` is as the user left it).
 """
 
 from __future__ import annotations
@@ -145,25 +146,17 @@ class Daemon:
         return restore
 
     def shutdown(self) -> None:
-        """Close the socket, then release camera and microphone. `camera_on` keeps the user's choice. Idempotent."""
+        """Close the socket, then release camera and microphone; no settings are written. Idempotent."""
         with self._shutdown_lock:
             if self._stopped:
                 return
             self.server.close()
             if self._starter is not None:
                 self._starter.join(timeout=120)  # never leave a camera opening after we stopped it
-            settings = self.controller.settings
-            camera_on = settings.camera_on
             try:
-                self.controller.stop()
+                self.controller.stop(remember=False)  # settings were saved as they changed: nothing to write now
             except Exception:
                 log.exception("stopping the camera failed")
-            if settings.camera_on != camera_on and self.controller.persist:
-                settings.camera_on = camera_on
-                try:
-                    settings.save()
-                except OSError as exc:
-                    log.warning("could not save settings: %s", exc)
             self._stopped = True
             log.info("daemon stopped")
             print("Avatar Cam stopped.", file=sys.stderr, flush=True)

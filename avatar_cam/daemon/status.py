@@ -24,6 +24,7 @@ class Status:
     mouth_hz: float | None = None  # new mouths per second while talking (None: nobody talked lately)
     performance: str = "balanced"  # the performance mode in use
     lips: str | None = None  # what the mouth rate means, e.g. "lips at 12 Hz: the machine is busy"
+    notice: str | None = None  # something the user should know while the camera runs (e.g. a size that waits)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,7 +37,8 @@ class Status:
             return "Camera off"
         lat = f", {self.latency_ms_p95:.0f} ms" if self.latency_ms_p95 is not None else ""
         lips = f", {self.lips}" if self.lips else ""
-        return f"{self.state.capitalize()}: {self.fps:.0f} fps{lat}{lips}"
+        notice = f" ({self.notice})" if self.notice else ""
+        return f"{self.state.capitalize()}: {self.fps:.0f} fps{lat}{lips}{notice}"
 
 
 def lips_text(mouth_hz: float | None, target_hz: float | None) -> str | None:

@@ -77,6 +77,27 @@ class FrameRenderer:
             self._bind_painter()
         self.set_idle(self.idle_settings)
 
+    def prepare_portrait(self, portrait: Portrait, lipsync: LipSync) -> tuple:
+        """Everything a new photo needs, built on the caller's thread, not the frame thread (on a slow machine
+        that work takes seconds, and a call app ends a track that sends nothing for ~10 s): its compositor at
+        the current size, `lipsync` (a fresh engine, not the running one) given its face, the engine's painter
+        and the idle motion. Hand the result to `use_portrait` between frames."""
+        compositor = Compositor(portrait, self.compositor.fmt)
+        lipsync.set_face(portrait)
+        maker = getattr(lipsync, "canvas_painter", None)
+        painter = maker(compositor.canvas_unmirrored(), compositor.layout) if maker is not None else None
+        s = self.idle_settings
+        idle = IdleMotion(compositor.canvas.shape, compositor.layout, s, self.clock.fps) if s.any else None
+        return compositor, lipsync, painter, idle
+
+    def use_portrait(self, prepared: tuple) -> None:
+        """Switch to a photo `prepare_portrait` made: only the swap happens here, between two frames."""
+        compositor, lipsync, painter, idle = prepared
+        with self.engine_lock:
+            self.compositor, self._lipsync, self._painter = compositor, lipsync, painter
+            self.generation += 1
+        self.idle = idle
+
     @property
     def draws_inline(self) -> bool:
         """Whether the engine is cheap and keeps state over talking frames in order (the Lite engine draws its

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import time
 from collections.abc import Callable
 
@@ -30,6 +31,41 @@ def camera_install_hint() -> str:
     return "install a virtual camera driver supported by pyvirtualcam"
 
 
+class CameraInUseError(CameraError):
+    """A reader (a call app) holds the v4l2loopback device at another size, which it keeps until released."""
+
+    def __init__(self, device: str, held: tuple[int, int], wanted: tuple[int, int]):
+        self.device, self.size, self.wanted = device, held, wanted
+        super().__init__(
+            f"{device} is in use by another program (a call app?) at {held[0]}x{held[1]}, so it cannot switch to "
+            f"{wanted[0]}x{wanted[1]} now",
+            hint="turn the camera off in the call app (or leave the call), then turn Avatar Cam's camera off and on "
+                 "(tray: Stop and Start camera; or `avatar-cam ctl stop`, `avatar-cam ctl start`); until then it "
+                 f"keeps sending {held[0]}x{held[1]}")
+
+
+def _open_failure(detail: str, width: int, height: int) -> CameraError:
+    """What pyvirtualcam's refusal means for the user, with what to do. On Linux the v4l2loopback devices'
+    state says more than pyvirtualcam does: one held by a reader at another size (later v4l2loopback releases
+    refuse the size change as "busy"; 0.12 hid such a device: "No v4l2 loopback device found")."""
+    if platform.system() == "Linux" and ("v4l2" in detail.lower() or "/dev/video" in detail):
+        from avatar_cam.outputs.v4l2_device import current_format, loopback_devices
+
+        named = re.search(r"/dev/video\d+", detail)
+        for device in [named.group(0)] if named else loopback_devices():
+            held = current_format(device)
+            if held is not None and (held[1], held[2]) != (width, height):
+                return CameraInUseError(device, (held[1], held[2]), (width, height))
+        if not named and loopback_devices():
+            return CameraError(f"no v4l2loopback device would take the camera: {detail}",
+                               hint="another program may be writing to it; if none is, v4l2loopback 0.12 can lose "
+                                    "its output side after a writer closed: `sudo modprobe -r v4l2loopback && "
+                                    "sudo modprobe v4l2loopback` (with call apps closed)")
+    busy = "busy" in detail.lower() or "in use" in detail.lower()
+    what = "the virtual camera is busy (another program is writing to it)" if busy else "no virtual camera is available"
+    return CameraError(f"{what}: {detail}", hint=camera_install_hint())
+
+
 class VirtualCameraSink:
     """The "Avatar Cam" device that call apps and OBS select, through pyvirtualcam."""
 
@@ -47,13 +83,32 @@ class VirtualCameraSink:
             raise UnknownCameraBackendError(f"unknown virtual camera backend {backend!r}",
                               hint="leave --camera-backend out, or use v4l2loopback, obs or unitycapture") from None
         except RuntimeError as exc:
-            detail = " ".join(str(exc).split())
-            busy = "busy" in detail.lower() or "in use" in detail.lower()
-            what = "the virtual camera is busy (another program is writing to it)" if busy else "no virtual camera is available"
-            raise CameraError(f"{what}: {detail}", hint=camera_install_hint()) from None
+            raise _open_failure(" ".join(str(exc).split()), width, height) from None
         self.device = self._cam.device
         self.backend = self._cam.backend
+        self.announced_fps: float | None = None  # the rate the device tells readers, where we set it
+        if self.backend == "v4l2loopback" and str(self.device).startswith("/dev/"):
+            self._prepare_loopback(width, height, fps)
         log.info("virtual camera %s (%s) open at %dx%d %.0f fps", self.device, self.backend, width, height, fps)
+
+    def _prepare_loopback(self, width: int, height: int, fps: float) -> None:
+        """v4l2loopback: our rate and the writer's role (outputs/v4l2_device.py), and a refusal, rather than
+        frames the device would misread, when a reader holds it at another size."""
+        from avatar_cam.outputs.v4l2_device import current_format, prepare_writer
+
+        try:
+            self.announced_fps, started, problems = prepare_writer(self.device, fps)
+            for problem in problems:
+                log.warning("%s: %s", self.device, problem)
+            log.info("%s announces %s fps to readers; writer's stream %s", self.device, self.announced_fps,
+                     "started" if started else "not started")
+        except OSError as exc:
+            log.warning("%s: could not set its frame rate to %g fps (%s); call apps may expect another rate",
+                        self.device, fps, exc)
+        held = current_format(self.device)
+        if held is not None and (held[1], held[2]) != (width, height):
+            self.close()
+            raise CameraInUseError(self.device, (held[1], held[2]), (width, height))
 
     def send(self, frame: np.ndarray) -> None:
         self._cam.send(frame)

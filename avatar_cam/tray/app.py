@@ -157,14 +157,8 @@ class TrayApp:
 
     def _quit_worker(self) -> None:
         self._commands.shutdown(wait=True, cancel_futures=True)  # let a running command finish, drop queued ones
-        settings = self.controller.settings
-        camera_on = settings.camera_on  # quitting is not "Stop camera": the next start restores the camera
         try:
-            self.controller.stop()
-            if settings.camera_on != camera_on:
-                settings.camera_on = camera_on
-                if self.controller.persist:
-                    settings.save()
+            self.controller.stop(remember=False)  # quitting is not "Stop camera": the next start restores it
         except Exception:
             log.exception("stopping the camera on quit failed")
         finally:

@@ -55,8 +55,10 @@ log = logging.getLogger(__name__)
 class VirtualMicrophone:
     LOST_S = 1.0  # no output callback for this long: the sound server is gone
     OPEN_GRACE_S = 3.0  # a stream opened on a server that just came back may take this long to start
-    RETRY_S = 1.0  # between attempts to come back
+    RETRY_S = 1.0  # between attempts to come back (a stream that fails to reopen: doubling up to RETRY_MAX_S)
+    RETRY_MAX_S = 8.0
     STALL_S = 5.0  # no callback for this long while the server still holds our devices: reopen the stream
+    LOOK_CAP_S = 0.5  # the most one look of the watchdog adds to the silence (see `_silence`)
     GONE = "the sound server went away: reconnecting"
 
     """Plays `ring` (the microphone at 16 kHz), delayed by the frames' measured latency + `offset_ms`, into
@@ -87,6 +89,11 @@ class VirtualMicrophone:
         self._fallback_lead = 0.03  # the stream's reported latency, once it is open
         self._last_callback = 0.0  # monotonic time of the newest output callback (or of the open, at first)
         self._retry_at = 0.0
+        self._retry_s = self.RETRY_S
+        # No callback for how long, counting only time this process ran (see `_silence`): the watchdog's view.
+        self._silent_s = 0.0
+        self._looked_at = 0.0
+        self._last_frame: float | None = None  # when the frame thread last drew (observe_frame)
 
     @classmethod
     def for_clock(cls, ring: AudioRing, clock, offset_ms: float = 0.0) -> VirtualMicrophone:
@@ -244,8 +251,8 @@ class VirtualMicrophone:
             if self._closed or self.devices is None and self._stream is not None:
                 return  # closed, or playing into a cable / a device we did not create
             now = time.monotonic()
+            silent = self._silence(now)
             if self._stream is not None:
-                silent = now - self._last_callback
                 if silent <= self.LOST_S or self._devices_still_there():
                     if silent > self.STALL_S:  # the server is there, the stream is stuck: open it again
                         log.warning("%s: no sound for %.1f s: reopening its stream", DESCRIPTION, silent)
@@ -266,6 +273,18 @@ class VirtualMicrophone:
             else:
                 self._come_back()
 
+    def _silence(self, now: float) -> float:
+        """Seconds with no output callback, counting only time this process ran: on a starved CPU (a busy
+        machine, an emulator) the output thread, the watchdog and the frame thread are held up together, and
+        that is no sign of a lost server. A late look adds at most LOOK_CAP_S; an interval in which the frame
+        thread drew nothing (it draws at the camera's rate, sound or not) adds nothing."""
+        since, self._looked_at = self._looked_at, now
+        if self._last_callback >= since or self._stream is None:  # a callback since the last look (or in grace)
+            self._silent_s = 0.0
+        elif self._last_frame is None or self._last_frame >= since:
+            self._silent_s += min(max(now - since, 0.0), self.LOOK_CAP_S)
+        return self._silent_s
+
     def _devices_still_there(self) -> bool:
         """Whether the server answers and still holds our modules (a busy machine can delay callbacks too)."""
         try:
@@ -280,8 +299,12 @@ class VirtualMicrophone:
                 self._open(*self._prepare_output())
         except VirtualMicError as exc:
             self.status_text = f"error: {str(exc).splitlines()[0]}"
-            self._retry_at = time.monotonic() + self.RETRY_S
+            # Back off: a stream that cannot start (PortAudio's thread start times out on a starved CPU) is
+            # not helped by trying every second.
+            self._retry_s = min(2 * self._retry_s, self.RETRY_MAX_S)
+            self._retry_at = time.monotonic() + self._retry_s
             return
+        self._retry_s = self.RETRY_S
         self.status_text = "running"
 
     def _come_back(self) -> None:
@@ -304,6 +327,7 @@ class VirtualMicrophone:
     # --- from other threads ----------------------------------------------------------------------------
     def observe_frame(self, frame, record) -> None:
         """`LivePipeline.on_frame`: every frame's measured latency steers the delay (frame thread)."""
+        self._last_frame = time.monotonic()
         self.delay.observe(frame, record)
 
     def frame_due(self, audio_time: float) -> float | None:

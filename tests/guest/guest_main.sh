@@ -5,6 +5,7 @@
 # /tmp/results/job.env (written by the host) names the Python, the modules and busybox.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
 . /tmp/results/job.env
+export PYTHONPATH="$GUEST_REPO"  # this checkout of the product, whatever the Python has installed
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs shm /dev/shm
 ip link set lo up
 mkdir -p /lib/modules && mount --bind "$GUEST_MODULES" /lib/modules

@@ -4,10 +4,11 @@
    as at boot, the device's name and exclusive_caps, the doctor after;
 2. a PulseAudio server (the "sound card"), `avatar-cam daemon --no-tray` with the Lite engine, Avatar Cam
    Microphone on and the camera through pyvirtualcam's v4l2loopback backend;
-3. Chromium, headless, as the call app (call_page.html) while the test speaks, switches photo, pauses,
-   resumes, and restarts the daemon at another size (there is no `ctl` command for the size: a user edits
-   settings.toml or uses the tray, and the tray's size change closes and reopens the camera the same way),
-   with ffmpeg reading the device beside Chromium before the restart.
+3. Chromium, headless, as the call app (call_page.html; started first, as it takes longest, and told to open
+   the devices once the daemon runs) while the test speaks, switches photo, pauses, resumes, and restarts the
+   daemon at another size (there is no `ctl` command for the size: a user edits settings.toml or uses the
+   tray, and the tray's size change closes and reopens the camera the same way), with ffmpeg reading the
+   device beside Chromium before the restart; after Chromium lets go, a camera off and on gets the new size.
 
 Run as `python in_guest.py RESULTS` with RESULTS/job.json written by the host. Everything it learns goes to
 RESULTS/report.json, written after every step so a failure still leaves what came before.
@@ -15,17 +16,16 @@ RESULTS/report.json, written after every step so a failure still leaves what cam
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import traceback
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from call_app import Page, serve, start_chromium
 
 RESULTS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/results")
 JOB = json.loads((RESULTS / "job.json").read_text()) if (RESULTS / "job.json").exists() else {}
@@ -70,9 +70,10 @@ def sh(*cmd: str, timeout: float = 120, env: dict | None = None, keep: int = 600
 
 def product_env() -> dict:
     home = Path("/root")
+    # The state dir (the daemon's debug log) is in the results, so the host keeps it.
     return {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(RUNTIME),
             "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share"),
-            "XDG_CACHE_HOME": str(home / ".cache"), "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CACHE_HOME": str(home / ".cache"), "XDG_STATE_HOME": str(RESULTS / "state"),
             "PULSE_SERVER": f"unix:{RUNTIME}/pulse/native"}
 
 
@@ -148,9 +149,11 @@ def start_pulseaudio() -> dict:
     config = RUNTIME / "pa.pa"
     config.write_text(PA_CONFIG)
     env = product_env()
-    # No real-time scheduling: under emulation its CPU-time limit would get the server killed; the cheapest
+    # No real-time scheduling: under emulation its CPU-time limit would get the server killed; but a high
+    # priority (nice -11), as a desktop's sound server has (rtkit): at nice 0 beside Chromium (which as root
+    # renices itself to -8) its main thread fell up to a minute behind with the microphone's sound. The cheapest
     # resampler, as the emulated guest barely keeps up.
-    subprocess.Popen(["pulseaudio", "--resample-method=trivial", "--realtime=no", "--high-priority=no", "--no-cpu-limit", "--exit-idle-time=-1", "--disallow-exit", "-n", "-F", str(config),
+    subprocess.Popen(["pulseaudio", "--resample-method=trivial", "--realtime=no", "--high-priority=yes", "--no-cpu-limit", "--exit-idle-time=-1", "--disallow-exit", "-n", "-F", str(config),
                       f"--log-target=file:{RESULTS}/pulseaudio.log"], env=env, stdin=subprocess.DEVNULL)
     for _ in range(100):
         if sh("pactl", "info", env=env, timeout=5)["rc"] == 0:
@@ -183,6 +186,27 @@ def status() -> dict:
         return {"state": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def ctl(action: str, arg=None, timeout: float = 200) -> dict:
+    """What `avatar-cam ctl ACTION [ARG]` sends, sent from this process: a Python started per command spends
+    a minute importing under emulation, and that is not what the call app sees. (`ctl quit` below goes
+    through the real command line once.)"""
+    from avatar_cam.daemon import control_client
+
+    start = time.monotonic()
+    try:
+        answer = {"ok": True, "state": control_client.send(action, arg, timeout=timeout).get("status", {}).get("state")}
+    except Exception as exc:  # noqa: BLE001  (recorded: the checks read it)
+        answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {**answer, "seconds": round(time.monotonic() - start, 2)}
+
+
+def device_format() -> str | None:
+    """The device's sysfs `format` (FOURCC:WxH@fps, the rate readers are told), while it holds frames."""
+    device = next((d for d, name in video_devices().items() if name == "Avatar Cam"), "/dev/video10")
+    path = Path(f"/sys/class/video4linux/{Path(device).name}/format")
+    return path.read_text().strip() if path.exists() else None
+
+
 def wait_running(limit_s: float) -> dict:
     deadline = time.monotonic() + limit_s
     current: dict = {}
@@ -206,6 +230,7 @@ def start_daemon(width: int, height: int, log_name: str, limit_s: float = 300) -
     running = wait_running(limit_s)
     mark("daemon running", width=width, height=height)
     return {"pid": process.pid, "seconds_to_running": round(time.monotonic() - started, 1), "status": running,
+            "format": device_format(),
             "devices": video_devices(), "sources": sh("pactl", "list", "short", "sources", env=product_env())["stdout"]}
 
 
@@ -217,76 +242,6 @@ def play_speech() -> subprocess.Popen:
 # --- 3. the call app --------------------------------------------------------------------------------------
 
 
-class Page:
-    """What the page reported, and what it should do next (answers to its POSTs)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.video: list = []
-        self.audio: list = []
-        self.events: list = []
-        self.last: dict = {}
-        self.fatal: str | None = None
-        self.snapshots_wanted: list[str] = []
-        self.snapshots: dict = {}
-        self.finish = False
-
-    def take(self, batch: dict) -> dict:
-        with self.lock:
-            self.video += batch.get("video", [])
-            self.audio += batch.get("audio", [])
-            self.events += batch.get("events", [])
-            self.last = {k: batch.get(k) for k in ("readyState", "settings", "t")}
-            self.fatal = batch.get("fatal", self.fatal)
-            todo = {"snapshots": self.snapshots_wanted, "finish": self.finish}
-            self.snapshots_wanted = []
-            return todo
-
-
-def serve(page: Page, folder: Path) -> ThreadingHTTPServer:
-    class Handler(SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(folder), **kwargs)
-
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path == "/progress":
-                mark("page", stage=body["stage"])
-                answer = {}
-            else:
-                answer = page.take(body) if self.path == "/report" else self.snapshot(body)
-            data = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def snapshot(self, body: dict) -> dict:
-            png = base64.b64decode(body["png"].split(",", 1)[1])
-            (RESULTS / f"chromium_{body['name']}.png").write_bytes(png)
-            page.snapshots[body["name"]] = {"width": body["width"], "height": body["height"], "t": time.time() * 1000}
-            return {}
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def start_chromium(port: int) -> subprocess.Popen:
-    log = (RESULTS / "chromium.log").open("w")
-    return subprocess.Popen(
-        ["chromium", "--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream", "--disable-gpu",
-         "--disable-extensions", "--disable-component-update", "--disable-background-networking", "--disable-sync",
-         "--no-default-browser-check",
-         "--autoplay-policy=no-user-gesture-required", "--user-data-dir=/tmp/chromium-profile", "--no-first-run",
-         f"http://127.0.0.1:{port}/call_page.html"],
-        env=product_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
 def wait_for(predicate, limit_s: float, what: str) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -296,17 +251,24 @@ def wait_for(predicate, limit_s: float, what: str) -> None:
     raise RuntimeError(f"{what}: not within {limit_s} s")
 
 
+@step("chromium starts")
+def launch_call(page: Page) -> dict:
+    """Chromium takes minutes to start under emulation: it starts first and loads the page, which waits for
+    the go (`open_call`) while the camera is installed and the daemon starts."""
+    server = serve(page, Path(JOB["web"]), RESULTS, mark)
+    browser = start_chromium(server.server_address[1], RESULTS, product_env())
+    return {"pid": browser.pid, "port": server.server_address[1]}
+
+
 @step("chromium opens the devices")
 def open_call(page: Page) -> dict:
     started = time.monotonic()
-    server = serve(page, Path(JOB["web"]))
-    browser = start_chromium(server.server_address[1])
+    page.go.set()
     wait_for(lambda: page.fatal is not None or len(page.video) >= 10, 300, "Chromium's first 10 frames")
     if page.fatal:
         raise RuntimeError(f"the page failed: {page.fatal}")
     mark("chromium sees frames")
-    return {"seconds_to_frames": round(time.monotonic() - started, 1), "pid": browser.pid,
-            "port": server.server_address[1]}
+    return {"seconds_to_frames": round(time.monotonic() - started, 1), "format": device_format()}
 
 
 def speak_and_wait(seconds_after: float) -> None:
@@ -323,19 +285,44 @@ def snapshot(page: Page, name: str) -> None:
     mark("snapshot asked", name=name)
 
 
+def record_avatar_mic(path: Path) -> subprocess.Popen:
+    """Record "Avatar Cam Microphone" with parec beside Chromium: what the product plays, whatever the page hears."""
+    return subprocess.Popen(["parec", "-d", "avatar_cam_mic", "--raw", "--format=s16le", "--rate=16000",
+                             "--channels=1", str(path)], env=product_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def loudness(path: Path) -> dict:
+    import numpy as np
+
+    x = np.frombuffer(path.read_bytes() if path.exists() else b"", np.int16).astype(np.float32) / 32768
+    blocks = x[: len(x) // 1600 * 1600].reshape(-1, 1600)  # 100 ms
+    rms = np.sqrt((blocks**2).mean(axis=1)) if len(blocks) else np.zeros(0)
+    return {"seconds": round(len(x) / 16000, 1), "rms_max": round(float(rms.max(initial=0)), 4),
+            "blocks_over_0.01": int((rms > 0.01).sum())}
+
+
 @step("talking")
 def talking(page: Page) -> dict:
+    recording = RESULTS / "avatar_mic.s16"
+    recorder = record_avatar_mic(recording)
     time.sleep(JOB["silence_s"])
     mark("silence ends")
     speak_and_wait(JOB["silence_s"])
     snapshot(page, "widest_mouth")
-    return {}
+    recorder.terminate()
+    recorder.wait(timeout=30)
+    env = product_env()
+    return {"avatar_mic_as_parec_heard_it": loudness(recording), "status": status(),
+            "top": sh("sh", "-c", "top -b -n 1 -w 200 | head -30", env=env, keep=4000)["stdout"],
+            "sink_inputs": sh("pactl", "list", "sink-inputs", env=env, keep=4000)["stdout"],
+            "source_outputs": sh("pactl", "list", "short", "source-outputs", env=env)["stdout"]}
 
 
 @step("photo switch")
 def photo_switch(page: Page) -> dict:
     mark("ctl photo")
-    out = avatar_cam("ctl", "photo", JOB["photos"][1], timeout=120)
+    out = ctl("photo", JOB["photos"][1])
     mark("ctl photo answered")
     speak_and_wait(2)
     snapshot(page, "after_photo_switch")
@@ -345,11 +332,11 @@ def photo_switch(page: Page) -> dict:
 @step("pause and resume")
 def pause_resume() -> dict:
     mark("ctl pause")
-    paused = avatar_cam("ctl", "pause", timeout=60)
+    paused = ctl("pause")
     mark("ctl pause answered")
     speak_and_wait(1)
     mark("ctl resume")
-    resumed = avatar_cam("ctl", "resume", timeout=60)
+    resumed = ctl("resume")
     mark("ctl resume answered")
     speak_and_wait(2)
     return {"pause": paused, "resume": resumed}
@@ -359,11 +346,12 @@ def pause_resume() -> dict:
 def restart_at_size(page: Page) -> dict:
     width, height = JOB["second_size"]
     mark("ctl quit")
-    quit_ = avatar_cam("ctl", "quit", timeout=60)
+    quit_ = avatar_cam("ctl", "quit", timeout=200)
     mark("ctl quit answered")
-    # `ctl quit` answers before the daemon has ended, and it saves its settings as it ends: wait for that,
-    # or it overwrites the new size written below.
+    # `ctl quit` returns once the daemon has ended (and quitting writes no settings): the process is gone.
+    started = time.monotonic()
     DAEMONS[-1].wait(timeout=120)
+    quit_["process_gone_after_s"] = round(time.monotonic() - started, 2)
     mark("daemon quit")
     devices_between = video_devices()
     try:
@@ -378,10 +366,23 @@ def restart_at_size(page: Page) -> dict:
 @step("chromium finishes")
 def finish_call(page: Page) -> dict:
     snapshot(page, "last_frame")
-    wait_for(lambda: "last_frame" in page.snapshots, 180, "the page's snapshots")
+    wait_for(lambda: "last_frame" in page.snapshots or (page.last or {}).get("readyState") == "ended", 180,
+             "the page's snapshots")
     page.finish = True
     time.sleep(5)
     return {"last": page.last, "snapshots": page.snapshots}
+
+
+@step("new size once the call app let go")
+def size_after_call() -> dict:
+    """Chromium has stopped its tracks: a camera off and on (`ctl stop`, `ctl start`) now gets the size asked for
+    (the device held the old one while Chromium read it)."""
+    stopped = ctl("stop")
+    started = ctl("start")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not device_format():
+        time.sleep(0.5)
+    return {"stop": stopped, "start": started, "status": status(), "format": device_format()}
 
 
 # --- 4. ffmpeg --------------------------------------------------------------------------------------------
@@ -398,6 +399,7 @@ def ffmpeg_capture() -> dict:
     times = [float(x) for x in re.findall(r"pts_time:\s*([\d.]+)", out["stderr"])]
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
     return {"stream": stream.group(1) if stream else None, "frames": len(times), "measured_fps": rate,
+            "format": device_format(),
             "rc": out["rc"], "frame_png_rc": frame["rc"], "stderr_head": out["stderr"][:1500]}
 
 
@@ -407,12 +409,16 @@ def ffmpeg_capture() -> dict:
 def main() -> int:
     os.environ.update(product_env())
     REPORT["job"] = JOB
+    import avatar_cam as product
+
+    REPORT["product_path"] = product.__file__  # this checkout's (see guest_main.sh), not an installed one
     mark("guest checks start")
     page = Page()
     PAGES.append(page)
     try:
-        install_camera()
         start_pulseaudio()
+        launch_call(page)  # starts while the camera is installed and the daemon starts
+        install_camera()
         start_daemon(*JOB["first_size"], "daemon.log")
         open_call(page)
         talking(page)
@@ -421,13 +427,15 @@ def main() -> int:
         ffmpeg_capture()  # a second reader while Chromium watches
         restart_at_size(page)
         finish_call(page)
+        size_after_call()
     except Exception:  # noqa: BLE001  (already in the report; save what the page saw)
         traceback.print_exc()
     finally:
         save()
-    avatar_cam("ctl", "quit", timeout=30)
+    avatar_cam("ctl", "quit", timeout=200)
     mark("guest checks end")
     save()
+    print("phases (s): " + ", ".join(f"{k} {v['seconds']}" for k, v in REPORT["steps"].items()), flush=True)
     return 0
 
 

@@ -91,10 +91,20 @@ def prepare(results: Path, kit: GuestKit, timeout_s: float) -> dict:
            "first_size": FIRST_SIZE, "second_size": SECOND_SIZE, "fps": FPS, "silence_s": 3, "ffmpeg_s": 4,
            "references": references}
     (results / "job.json").write_text(json.dumps(job, indent=1))
+    # GUEST_REPO goes first on the guest's PYTHONPATH: the Python may have another checkout of the product
+    # installed (an editable install of the main worktree), and the guest must run this one.
     (results / "job.env").write_text(
-        f"GUEST_PYTHON={sys.executable}\nGUEST_CHECKS={HERE / 'in_guest.py'}\nGUEST_MODULES={kit.root / 'lib/modules'}\n"
+        f"GUEST_PYTHON={sys.executable}\nGUEST_REPO={REPO}\nGUEST_CHECKS={HERE / 'in_guest.py'}\n"
+        f"GUEST_MODULES={kit.root / 'lib/modules'}\n"
         f"GUEST_BUSYBOX={kit.root / 'bin/busybox'}\nGUEST_TIMEOUT_S={int(timeout_s)}\n")
     return job
+
+
+def precompile() -> None:
+    """Byte-compile the product and the guest script on the host: the guest sees the host's files read-only
+    under a tmpfs overlay, so whatever it compiles itself is lost at power-off and compiled again, in every
+    process of every run, under emulation. (`compileall` writes even where PYTHONDONTWRITEBYTECODE is set.)"""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "avatar_cam"), str(HERE)], check=True)
 
 
 def run(results: Path, timeout_s: float = 600) -> tuple[Boot, dict]:
@@ -102,6 +112,7 @@ def run(results: Path, timeout_s: float = 600) -> tuple[Boot, dict]:
 
     AVATAR_GUEST_PAUSE_FILE names a file whose presence pauses the guest (see vm.boot)."""
     kit = build_kit()
+    precompile()
     prepare(results, kit, timeout_s - 60)
     pause = os.environ.get("AVATAR_GUEST_PAUSE_FILE")
     booted = boot(kit, HERE / "guest_main.sh", results, timeout_s, Path(pause) if pause else None)

@@ -46,7 +46,7 @@ def _accel() -> list[str]:
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
-def qemu_command(kit: GuestKit, guest_main: Path, results: Path, memory: str = "4G") -> list[str]:
+def qemu_command(kit: GuestKit, guest_main: Path, results: Path, memory: str = "6G") -> list[str]:
     share = "security_model=none,multidevs=remap"
     return [
         qemu_available(), *_accel(), "-m", memory, "-smp", str(min(os.cpu_count() or 1, 2)),
