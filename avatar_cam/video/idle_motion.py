@@ -11,9 +11,10 @@ fades in and out without a jump). Motion is drawn by warping the photo, never by
   and the body stay put (it is not a camera move);
 - breathing: the shoulders rise and fall ~1-2 px every ~4 s, the head follows a little.
 The per-photo fields (weights, eye boxes) are built once; the head and body move smoothly (their weights fade
-over tens of pixels), so a frame's displacement is computed on a grid COARSE times coarser and scaled up. A frame
-costs two small eye remaps and one remap of `region`: about 1.2 ms of CPU at 1280x720 (2.8 ms before the coarse
-grid; BENCHMARKS.md, session 5).
+over tens of pixels), so a frame's displacement is computed on a grid COARSE times coarser and scaled up; and the
+region is warped in up to three row bands, each as narrow as its moving pixels (head, neck, shoulders: ~75% of the
+bounding box). A frame costs two small eye remaps during blinks and one remap per band: ~2.3 ms of CPU at
+1280x720 on this 2-core machine (~3.2 ms as one region on the full grid; BENCHMARKS.md, session 5).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ BLINK_SECONDS = (0.14, 0.18)
 DOUBLE_BLINK = 0.12  # share of blinks followed at once by a second one
 BREATH_SECONDS = 4.2
 COARSE = 4  # the head and body displacement is computed on a grid this much coarser than the picture
+SOURCE_MARGIN = 8  # px: farther than any motion reaches (sway <= 3.5, breathing <= 2, bilinear 1)
 
 
 @dataclass(frozen=True)
@@ -176,19 +178,16 @@ class IdleMotion:
                     body = (_smooth((ys - (by1 - 0.1 * bh)) / (0.4 * bh))
                             * (1.0 - _smooth((np.abs(xs - cx) - half) / (0.3 * bw)))).astype(np.float32)
                 px, py = self._pivot
-                coarse = (max(2, -(-(x1 - x0) // COARSE)), max(2, -(-(y1 - y0) // COARSE)))
-
-                def small(field):
-                    return cv2.resize(np.ascontiguousarray(field, np.float32), coarse, interpolation=cv2.INTER_AREA)
-
-                self._warp = (x0, y0, x1, y1, xs, ys, small(head), small(head * (ys - py)), small(head * (xs - px)),
-                              small(body))
+                fields = (head, head * (ys - py), head * (xs - px), body)
+                top = max(0, y0 - SOURCE_MARGIN)  # the first row a band's motion can read
+                self._warp = (top, min(H, y1 + SOURCE_MARGIN),
+                              [_Band(xs, ys, fields, band, top) for band in _bands((head > 0) | (body > 0))])
                 self.mask[y0:y1, x0:x1] = (head > 0) | (body > 0)
         self._eyes = [_EyeLid(e, shape) for e in layout.eyes] if settings.blinks else []
         eye_boxes = [e.box for e in self._eyes if e.box is not None]
         for x0, y0, x1, y1 in eye_boxes:
             self.mask[y0:y1, x0:x1] = 1.0
-        boxes = eye_boxes + ([self._warp[:4]] if self._warp is not None else [])
+        boxes = eye_boxes + [band.rect for band in self._warp[2]] if self._warp is not None else eye_boxes
         self.region = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                        max(b[3] for b in boxes)) if boxes else (0, 0, 0, 0)
 
@@ -203,17 +202,75 @@ class IdleMotion:
                 eye.close(img, p.blink)
         if self._warp is None:
             return
-        x0, y0, x1, y1, X, Y, head, head_y, head_x, body = self._warp
+        top, bottom, bands = self._warp
         ax, ay, at = self._amp
         dx, dy, tilt = p.dx * ax, p.dy * ay - 0.4 * self._breath_px * p.breath, p.tilt * at
-        # Backward map: each output pixel reads from where the motion came from (displacement on the coarse grid,
-        # scaled up to the region).
-        move_x = head * -dx + head_y * tilt
-        move_y = head * -dy - head_x * tilt + body * (self._breath_px * p.breath)
-        size = (x1 - x0, y1 - y0)
-        map_x = cv2.add(X, cv2.resize(move_x, size, interpolation=cv2.INTER_LINEAR))
-        map_y = cv2.add(Y, cv2.resize(move_y, size, interpolation=cv2.INTER_LINEAR))
-        img[y0:y1, x0:x1] = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # Each band reads from a copy of the rows the motion can reach (the bands write the picture as they go).
+        source = img[top:bottom].copy()
+        for band in bands:
+            band.draw(img, source, (-dx, tilt, -dy, -tilt, self._breath_px * p.breath))
+
+
+def _bands(moving: np.ndarray, most: int = 3, step: int = 8) -> list[tuple[int, int, int, int]]:
+    """Row bands (r0, r1, c0, c1), each as narrow as its own rows' moving pixels, covering every True of `moving`:
+    the split into at most `most` bands at `step`-row boundaries with the least area (the head and the shoulders
+    below it are of different widths: ~75% of the bounding box here)."""
+    h, w = moving.shape
+    rows = moving.any(axis=1)
+    first = np.where(rows, moving.argmax(axis=1), w)
+    last = np.where(rows, w - 1 - moving[:, ::-1].argmax(axis=1), -1)
+    cuts = [*range(0, h, step), h]
+    n = len(cuts) - 1
+    chunk_first = [int(first[cuts[i] : cuts[i + 1]].min()) for i in range(n)]
+    chunk_last = [int(last[cuts[i] : cuts[i + 1]].max()) for i in range(n)]
+    extent = {}  # (i, j) -> (area, c0, c1) of chunks i..j-1 as one band
+    for i in range(n):
+        lo, hi = w, -1
+        for j in range(i + 1, n + 1):
+            lo, hi = min(lo, chunk_first[j - 1]), max(hi, chunk_last[j - 1])
+            extent[i, j] = ((cuts[j] - cuts[i]) * (hi + 1 - lo), lo, hi + 1) if hi >= lo else (0, 0, 0)
+    best = {(0, 0): (0, [])}  # (bands used, chunks covered) -> (area, splits)
+    for k in range(1, most + 1):
+        for j in range(1, n + 1):
+            options = [(best[k - 1, i][0] + extent[i, j][0], best[k - 1, i][1] + [(i, j)])
+                       for i in range(j) if (k - 1, i) in best]
+            if options:
+                best[k, j] = min(options, key=lambda o: o[0])
+    splits = min((best[k, n] for k in range(1, most + 1) if (k, n) in best), key=lambda o: o[0])[1]
+    return [(cuts[i], cuts[j], extent[i, j][1], extent[i, j][2]) for i, j in splits if extent[i, j][0] > 0]
+
+
+class _Band:
+    """The motion of one band of the region: its pixel coordinates, and its weights on the coarse grid over the
+    band and a margin around it (so scaling them up never clamps at the band's own edges)."""
+
+    def __init__(self, xs: np.ndarray, ys: np.ndarray, fields: tuple[np.ndarray, ...], band: tuple[int, int, int, int],
+                 top: int):
+        r0, r1, c0, c1 = band
+        h, w = xs.shape
+        p0, p1, q0, q1 = max(0, r0 - 2 * COARSE), min(h, r1 + 2 * COARSE), max(0, c0 - 2 * COARSE), min(w, c1 + 2 * COARSE)
+        self.size = (q1 - q0, p1 - p0)
+        coarse = (max(2, -(-(q1 - q0) // COARSE)), max(2, -(-(p1 - p0) // COARSE)))
+        self.fields = [cv2.resize(np.ascontiguousarray(f[p0:p1, q0:q1], np.float32), coarse, interpolation=cv2.INTER_AREA)
+                       for f in fields]
+        self.crop = (slice(r0 - p0, r1 - p0), slice(c0 - q0, c1 - q0))
+        self.x, self.y = xs[r0:r1, c0:c1].copy(), ys[r0:r1, c0:c1] - np.float32(top)  # y in the source's rows
+        self.rect = (int(xs[0, c0]), int(ys[r0, 0]), int(xs[0, c0]) + c1 - c0, int(ys[r0, 0]) + r1 - r0)
+
+    def draw(self, img: np.ndarray, source: np.ndarray, k: tuple[float, ...]) -> None:
+        """Warp this band of `img` from `source` (its rows from `top` on), the displacement's weights times `k`
+        (head->x, head_y->x, head->y, head_x->y, body->y)."""
+        head, head_y, head_x, body = self.fields
+        move_x = head * k[0] + head_y * k[1]
+        move_y = head * k[2] + head_x * k[3] + body * k[4]
+
+        def full(move):
+            return cv2.resize(move, self.size, interpolation=cv2.INTER_LINEAR)[self.crop]
+
+        map_x = cv2.add(self.x, full(move_x))
+        map_y = cv2.add(self.y, full(move_y))
+        x0, y0, x1, y1 = self.rect
+        img[y0:y1, x0:x1] = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 class _EyeLid:
