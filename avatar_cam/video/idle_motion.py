@@ -13,8 +13,9 @@ fades in and out without a jump). Motion is drawn by warping the photo, never by
 The per-photo fields (weights, eye boxes) are built once; the head and body move smoothly (their weights fade
 over tens of pixels), so a frame's displacement is computed on a grid COARSE times coarser and scaled up; and the
 region is warped in up to three row bands, each as narrow as its moving pixels (head, neck, shoulders: ~75% of the
-bounding box). A frame costs two small eye remaps during blinks and one remap per band: ~2.3 ms of CPU at
-1280x720 on this 2-core machine (~3.2 ms as one region on the full grid; BENCHMARKS.md, session 5).
+bounding box). A frame costs two small eye remaps during blinks and one remap per band: 3.4 ms of CPU at
+1280x720 over 300 frames with their blinks on this 2-core machine, against 4.1 ms as one region (BENCHMARKS.md,
+session 5).
 """
 
 from __future__ import annotations
