@@ -84,11 +84,7 @@ class FrameRenderer:
         and the idle motion. Hand the result to `use_portrait` between frames."""
         compositor = Compositor(portrait, self.compositor.fmt)
         lipsync.set_face(portrait)
-        maker = getattr(lipsync, "canvas_painter", None)
-        painter = maker(compositor.canvas_unmirrored(), compositor.layout) if maker is not None else None
-        s = self.idle_settings
-        idle = IdleMotion(compositor.canvas.shape, compositor.layout, s, self.clock.fps) if s.any else None
-        return compositor, lipsync, painter, idle
+        return compositor, lipsync, _painter(lipsync, compositor), self._idle_motion(compositor, self.idle_settings)
 
     def use_portrait(self, prepared: tuple) -> None:
         """Switch to a photo `prepare_portrait` made: only the swap happens here, between two frames."""
@@ -114,13 +110,13 @@ class FrameRenderer:
 
     def set_idle(self, settings: IdleSettings) -> None:
         self.idle_settings = settings
-        c = self.compositor
-        self.idle = IdleMotion(c.canvas.shape, c.layout, settings, self.clock.fps) if settings.any else None
+        self.idle = self._idle_motion(self.compositor, settings)
+
+    def _idle_motion(self, compositor: Compositor, settings: IdleSettings) -> IdleMotion | None:
+        return IdleMotion(compositor.canvas.shape, compositor.layout, settings, self.clock.fps) if settings.any else None
 
     def _bind_painter(self) -> None:
-        maker = getattr(self._lipsync, "canvas_painter", None)
-        c = self.compositor
-        self._painter = maker(c.canvas_unmirrored(), c.layout) if maker is not None else None
+        self._painter = _painter(self._lipsync, self.compositor)
 
     @property
     def idle_frame(self) -> np.ndarray:
@@ -270,3 +266,9 @@ class FrameRenderer:
                 j += 1
             else:
                 yield self._draw(info.index, None, 0.0), info
+
+
+def _painter(lipsync: LipSync, compositor: Compositor):
+    """The painter of an engine that draws on the canvas itself (Lite), for this compositor's canvas; else None."""
+    maker = getattr(lipsync, "canvas_painter", None)
+    return maker(compositor.canvas_unmirrored(), compositor.layout) if maker is not None else None
