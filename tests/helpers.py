@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avatar_cam import paths
 from avatar_cam.daemon import control_client
 from avatar_cam.errors import NotRunningError
 
@@ -363,3 +364,19 @@ def run_cli_peak_rss(*args: str, env: dict | None = None, timeout: float = 300):
         )
         peak_kib = int(rss.read() or 0)
     return result, peak_kib / 1024
+
+
+def model_files() -> list[str]:
+    """What the user's models folder holds now (nothing if it does not exist)."""
+    folder = paths.models_dir()
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, with_fix: bool = False) -> None:
+    """A command that failed as a user should see it: exit code 2, a message and no traceback (`with_fix`: and
+    the message's "-> what to do" line)."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "\navatar-cam: " in "\n" + result.stderr
+    if with_fix:
+        assert "\n  -> " in result.stderr  # a message, then its fix

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import Serve, Status, closed_port_url, run_cli
+from helpers import Serve, Status, assert_clean_failure, closed_port_url, model_files, run_cli
 
 from avatar_cam import paths
 from avatar_cam.errors import AvatarCamError, CheckpointError, ModelNotInstalledError
@@ -29,15 +29,6 @@ def listed(name: str) -> dict:
     return {m["name"]: m for m in json.loads(result.stdout)["models"]}[name]
 
 
-def model_files() -> list[str]:
-    folder = paths.models_dir()
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    assert "\navatar-cam: " in "\n" + result.stderr
 
 
 # --- the manifest ---------------------------------------------------------------------------------------
