@@ -1,7 +1,8 @@
 """What a change of settings does to the running camera: checked first, then applied between two frames.
 
-`prepare_changes` runs on the caller's thread (it loads a new photo, or a new engine, which can take seconds),
-and returns calls that the controller applies to the running pipeline, each taking the pipeline.
+`prepare_changes` runs on the caller's thread (it loads a new photo, or a new engine, which can take seconds, and
+builds the renderer's new look: `FrameRenderer.prepare`), and returns calls that the controller applies to the
+running pipeline, each taking the pipeline: the frame thread only swaps the prepared look in.
 """
 
 from __future__ import annotations
@@ -32,44 +33,33 @@ def prepare_changes(renderer, current: Settings, changes: dict, wanted: Settings
     mode = performance(wanted.performance)
     threads_change = "performance" in changes and mode.threads != performance(current.performance).threads
     new_photo = bool(changes.keys() & {"photo", "face_box"})
-    if changes.keys() & {"engine", "device", "precision"} or threads_change:
+    new_engine = bool(changes.keys() & {"engine", "device", "precision"}) or threads_change
+    if new_engine:
         check_engine_name(wanted.engine)
-        if renderer is not None and not new_photo:  # with a new photo, the photo's preparation makes the engine
-            lipsync = make_lipsync(wanted.engine, wanted.device, wanted.precision, threads=mode.threads)
-            given = renderer.compositor.portrait
-            lipsync.set_face(given)  # here, not on the frame thread: Wav2Lip encodes the face and warms up
-
-            def swap_engine() -> None:
-                if renderer.compositor.portrait is not given:  # the photo changed meanwhile
-                    lipsync.set_face(renderer.compositor.portrait)
-                renderer.lipsync = lipsync
-
-            live.append(lambda pipeline: pipeline.call_between_frames(swap_engine))
     if "performance" in changes:
         live.append(lambda pipeline: pipeline.request_performance(mode))
+    portrait = None
     if new_photo:
         if not wanted.photo:
             raise AvatarCamError("no photo given", hint="avatar-cam ctl photo PATH")
         portrait = Portrait.load(Path(wanted.photo), face_box=tuple(wanted.face_box) if wanted.face_box else None)
-        if renderer is not None:
-            # Built here, on the caller's thread, with an engine of its own: the frame thread only swaps it in.
-            engine = make_lipsync(wanted.engine, wanted.device, wanted.precision, threads=mode.threads)
-            prepared = renderer.prepare_portrait(portrait, engine)
-
-            def use_photo() -> None:
-                renderer.use_portrait(prepared)
-                log.info("photo switched to %s", portrait.path)
-
-            live.append(lambda pipeline: pipeline.call_between_frames(use_photo))
-    if changes.keys() & {"fit", "mirror", "width", "height"}:
+    fmt = None
+    if changes.keys() & {"fit", "mirror", "width", "height"}:  # (a new size reopens the camera: renderer None)
         try:
             fmt = OutputFormat(wanted.width, wanted.height, wanted.fit, wanted.mirror)
         except ValueError as exc:
             raise AvatarCamError(str(exc)) from None
-        if renderer is not None:
-            live.append(lambda pipeline: pipeline.call_between_frames(
-                lambda: renderer.set_portrait(renderer.compositor.portrait, fmt)))
-    if changes.keys() & {"idle_blinks", "idle_head_motion", "idle_breathing"} and renderer is not None:
+    idle = None
+    if changes.keys() & {"idle_blinks", "idle_head_motion", "idle_breathing"}:
         idle = IdleSettings(wanted.idle_blinks, wanted.idle_head_motion, wanted.idle_breathing)
-        live.append(lambda pipeline: pipeline.call_between_frames(lambda: renderer.set_idle(idle)))
+    if renderer is not None and (new_engine or any(x is not None for x in (portrait, fmt, idle))):
+        # Built here, on the caller's thread (a photo's face layout, an engine's warm-up, the Lite painter and
+        # the idle motion take 0.1-0.7 s): a new photo or engine gets an engine of its own, since the running
+        # one may be busy on the mouths thread.
+        engine = make_lipsync(wanted.engine, wanted.device, wanted.precision, threads=mode.threads) \
+            if portrait is not None or new_engine else None
+        prepared = renderer.prepare(portrait=portrait, fmt=fmt, lipsync=engine, idle=idle)
+        live.append(lambda pipeline: pipeline.call_between_frames(lambda: renderer.use(prepared)))
+        if portrait is not None:
+            log.info("photo %s prepared", portrait.path)
     return live

@@ -305,7 +305,9 @@ class Controller(MicrophoneWatch, Extras):
         wanted = dataclasses.replace(self.settings, **changes)
         if "photo" in changes and "face_box" not in changes:
             wanted.face_box = None  # a box drawn on another photo
-        live = prepare_changes(self._renderer, self.settings, changes, wanted)  # raises before anything changes
+        # Raises before anything changes. A change that reopens the camera builds its renderer anew: nothing to prepare.
+        renderer = None if REOPENS_CAMERA & changes.keys() else self._renderer
+        live = prepare_changes(renderer, self.settings, changes, wanted)
         if changes.get("virtual_mic") and self.running:
             self._attach_vmic()  # raises, and nothing changed
         with self._lock:

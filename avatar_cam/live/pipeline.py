@@ -37,7 +37,6 @@ from avatar_cam.live.performance import Performance
 from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.records import FrameRecord, PipelineStats
 from avatar_cam.live.renderer import FrameRenderer
-from avatar_cam.video.portrait import Portrait
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +96,6 @@ class LivePipeline:
             if self.mouths is not None:
                 self.mouths.stop()
                 self.mouths = None
-
-        self.call_between_frames(switch)
-
-    def request_portrait(self, portrait: Portrait) -> None:
-        """Switch the photo before the next frame, without touching the camera."""
-
-        def switch() -> None:
-            self.renderer.set_portrait(portrait)
-            log.info("photo switched to %s", portrait.path)
 
         self.call_between_frames(switch)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,6 +30,8 @@ from avatar_cam.video.compositor import Compositor, OutputFormat
 from avatar_cam.video.idle_motion import IdleMotion, IdleSettings
 from avatar_cam.video.portrait import Portrait
 
+log = logging.getLogger(__name__)
+
 DRAW_NICE = 10  # how much an offline render's drawing and encoding give way to its inference (see render_clip)
 
 
@@ -39,9 +43,29 @@ class FrameInfo:
     inferred: bool  # whether the engine ran for this frame
 
 
+class Look(NamedTuple):
+    """What the frame thread draws with; replaced whole, in one assignment, by `FrameRenderer.use`."""
+    compositor: Compositor
+    lipsync: LipSync
+    painter: object  # the engine's own painter on this compositor's canvas (Lite), else None
+    idle_settings: IdleSettings
+    idle: IdleMotion | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A change of photo, output format, engine or idle motion, built off the frame thread (`prepare`), for
+    the frame thread to swap in between two frames (`use`): the look it was built on, the change itself (to
+    build it again should another change land first), and the new look."""
+    based_on: Look
+    wanted: dict
+    look: Look
+
+
 class FrameRenderer:
-    """Owned by one frame thread. `set_portrait`, `set_idle` and assigning `lipsync` may be called between
-    frames (to switch photo, idle motion or engine).
+    """Owned by one frame thread. Changes (photo, output format, engine, idle motion) are built on the caller's
+    thread with `prepare` and swapped in between frames with `use`: building one takes 0.1-0.7 s (the face
+    layout, the Lite painter, the idle motion's fields), which on the frame thread would freeze the camera.
 
     The live pipeline may run the engine on another thread (`infer`, see mouths.py): `engine_lock` is held by
     whoever runs the engine or gives it a face, and `generation` counts face and engine changes, so a mouth
@@ -51,48 +75,62 @@ class FrameRenderer:
                  idle: IdleSettings | None = None):
         self.engine_lock = threading.Lock()
         self.generation = 0
-        self._lipsync = lipsync
         self.clock = clock
         self.gate = VoiceGate(fps=clock.fps)
-        self.idle_settings = idle if idle is not None else IdleSettings()
-        self.set_portrait(portrait, fmt)
-
-    @property
-    def lipsync(self) -> LipSync:
-        return self._lipsync
-
-    @lipsync.setter
-    def lipsync(self, engine: LipSync) -> None:
-        """Switch engine; it must already have been given the current face (`set_face`)."""
-        with self.engine_lock:
-            self._lipsync = engine
-            self.generation += 1
-            self._bind_painter()
-
-    def set_portrait(self, portrait: Portrait, fmt: OutputFormat | None = None) -> None:
-        with self.engine_lock:
-            self.compositor = Compositor(portrait, fmt or self.compositor.fmt)
-            self._lipsync.set_face(portrait)
-            self.generation += 1
-            self._bind_painter()
-        self.set_idle(self.idle_settings)
-
-    def prepare_portrait(self, portrait: Portrait, lipsync: LipSync) -> tuple:
-        """Everything a new photo needs, built on the caller's thread, not the frame thread (on a slow machine
-        that work takes seconds, and a call app ends a track that sends nothing for ~10 s): its compositor at
-        the current size, `lipsync` (a fresh engine, not the running one) given its face, the engine's painter
-        and the idle motion. Hand the result to `use_portrait` between frames."""
-        compositor = Compositor(portrait, self.compositor.fmt)
+        settings = idle if idle is not None else IdleSettings()
         lipsync.set_face(portrait)
-        return compositor, lipsync, _painter(lipsync, compositor), self._idle_motion(compositor, self.idle_settings)
+        compositor = Compositor(portrait, fmt)
+        self._look = Look(compositor, lipsync, _painter(lipsync, compositor), settings,
+                          self._idle_motion(compositor, settings))
 
-    def use_portrait(self, prepared: tuple) -> None:
-        """Switch to a photo `prepare_portrait` made: only the swap happens here, between two frames."""
-        compositor, lipsync, painter, idle = prepared
+    # The parts of the look, as the frame thread sees them between changes.
+    compositor = property(lambda self: self._look.compositor)
+    lipsync = property(lambda self: self._look.lipsync)
+    idle_settings = property(lambda self: self._look.idle_settings)
+    idle = property(lambda self: self._look.idle)
+    _painter = property(lambda self: self._look.painter)
+
+    def prepare(self, *, portrait: Portrait | None = None, fmt: OutputFormat | None = None,
+                lipsync: LipSync | None = None, idle: IdleSettings | None = None) -> Prepared:
+        """Build a change on the caller's thread; hand it to `use` (the frame thread) to take effect.
+
+        A new `lipsync` is given its face here (Wav2Lip encodes it and warms up); a new `portrait` needs a
+        `lipsync` of its own, since the running engine may be busy with the old face on the mouths thread."""
+        if portrait is not None and lipsync is None:
+            raise ValueError("a new photo needs an engine of its own to take its face")
+        base = self._look
+        compositor, engine, painter, settings, motion = base
+        if portrait is not None or fmt is not None:
+            compositor = Compositor(portrait or compositor.portrait, fmt or compositor.fmt)
+        if lipsync is not None:
+            lipsync.set_face(compositor.portrait)
+            engine = lipsync
+        if compositor is not base.compositor or engine is not base.lipsync:
+            painter = _painter(engine, compositor)
+        if idle is not None:
+            settings = idle
+        if compositor is not base.compositor or settings != base.idle_settings:
+            motion = self._idle_motion(compositor, settings)
+        wanted = {"portrait": portrait, "fmt": fmt, "lipsync": lipsync, "idle": idle}
+        return Prepared(base, wanted, Look(compositor, engine, painter, settings, motion))
+
+    def use(self, prepared: Prepared) -> None:
+        """Swap in a change `prepare` built. Frame thread, between two frames. Should another change have
+        landed since it was prepared, it is built again here, on top of that one (slow, and rare)."""
+        if prepared.based_on is not self._look:
+            log.info("another change landed first: building this one on the frame thread")
+            prepared = self.prepare(**prepared.wanted)
+        old, new = self._look, prepared.look
+        if new.compositor.portrait is old.compositor.portrait and new.lipsync is old.lipsync:
+            self._look = new  # the same face and engine: mouths drawn already stay good
+            return
         with self.engine_lock:
-            self.compositor, self._lipsync, self._painter = compositor, lipsync, painter
+            self._look = new
             self.generation += 1
-        self.idle = idle
+
+    def change(self, **wanted) -> None:
+        """`prepare` and `use` at once: on the frame thread, or before frames run."""
+        self.use(self.prepare(**wanted))
 
     @property
     def draws_inline(self) -> bool:
@@ -108,15 +146,8 @@ class FrameRenderer:
                 return None
             return self._engine(mels)
 
-    def set_idle(self, settings: IdleSettings) -> None:
-        self.idle_settings = settings
-        self.idle = self._idle_motion(self.compositor, settings)
-
     def _idle_motion(self, compositor: Compositor, settings: IdleSettings) -> IdleMotion | None:
         return IdleMotion(compositor.canvas.shape, compositor.layout, settings, self.clock.fps) if settings.any else None
-
-    def _bind_painter(self) -> None:
-        self._painter = _painter(self._lipsync, self.compositor)
 
     @property
     def idle_frame(self) -> np.ndarray:
@@ -141,9 +172,8 @@ class FrameRenderer:
 
     def _engine(self, mels: np.ndarray) -> np.ndarray:
         """Talking frames' mel windows (B,1,80,16), in frame order -> what `_draw` takes per frame."""
-        if self._painter is not None:
-            return self._lipsync.mouth_shapes(mels)
-        return self._lipsync.lower_faces(mels)
+        look = self._look
+        return look.lipsync.mouth_shapes(mels) if look.painter is not None else look.lipsync.lower_faces(mels)
 
     def gate_frame(self, index: int, audio: np.ndarray, paused: bool = False) -> FrameInfo:
         """Frame `index`'s talking weight, from the audio its mel window covers (call for every frame, in order)."""
@@ -157,18 +187,18 @@ class FrameRenderer:
         return self._draw(index, mouth if alpha > 0.0 else None, alpha)
 
     def _draw(self, index: int, mouth: np.ndarray | None, alpha: float) -> np.ndarray:
-        c = self.compositor
-        if self.idle is None and (mouth is None or alpha <= 0.0):
+        c, painter, idle = self._look.compositor, self._look.painter, self._look.idle
+        if idle is None and (mouth is None or alpha <= 0.0):
             return c.idle_frame.copy()
         out = c.start()
         if mouth is not None and alpha > 0.0:
-            if self._painter is not None:
+            if painter is not None:
                 # A drawn mouth fades by closing, not by cross-fading two mouths (which would show both).
-                self._painter.paint(out, *(float(v) * alpha for v in mouth))
+                painter.paint(out, *(float(v) * alpha for v in mouth))
             else:
                 c.paste(out, mouth, alpha)
-        if self.idle is not None:
-            self.idle.apply(out, index)
+        if idle is not None:
+            idle.apply(out, index)
         return c.finish(out)
 
     def render(self, index: int, mel_win: np.ndarray, audio: np.ndarray, paused: bool = False) -> tuple[np.ndarray, FrameInfo]:
@@ -211,7 +241,7 @@ class FrameRenderer:
                         mels.append(mel_window(mel, self.clock.mel_start(k)))
                 yield infos, (np.stack(mels)[:, None] if mels else None)
 
-        streams = getattr(self._lipsync, "streams", 1)
+        streams = getattr(self.lipsync, "streams", 1)
 
         def infer(mels):  # a "render-mouths" thread
             if mels is None:
