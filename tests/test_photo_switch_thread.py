@@ -46,6 +46,17 @@ def _watch(monkeypatch) -> list[tuple[str, str]]:
     return work
 
 
+def _running(photo, monkeypatch) -> tuple[Controller, list[tuple[str, str]]]:
+    """A started camera (Lite, 320x180 at 15 fps) sending frames, and the watch on its per-look work."""
+    register()
+    work = _watch(monkeypatch)
+    ctl = Controller(Settings(photo=str(photo), engine="lite", mic="pulse", camera_backend=BACKEND,
+                              width=320, height=180, fps=15.0), persist=False)
+    ctl.start()
+    wait_for(lambda: len(ctl._pipeline.stats.records) > 5, "frames")
+    return ctl, work
+
+
 def _frames_keep_coming(ctl) -> None:
     n = len(ctl._pipeline.stats.records)
     wait_for(lambda: len(ctl._pipeline.stats.records) > n + 5, "frames after the change")
@@ -55,14 +66,9 @@ def _frames_keep_coming(ctl) -> None:
 def test_the_frame_thread_only_swaps_a_photo_prepared_elsewhere(pulse_server, astronaut_png, tmp_path, monkeypatch):
     other = tmp_path / "mirrored.png"
     cv2.imwrite(str(other), cv2.flip(cv2.imread(str(astronaut_png)), 1))
-    register()
-    work = _watch(monkeypatch)
-    ctl = Controller(Settings(photo=str(astronaut_png), engine="lite", mic="pulse", camera_backend=BACKEND,
-                              width=320, height=180, fps=15.0), persist=False)
-    ctl.start()
+    ctl, work = _running(astronaut_png, monkeypatch)
     try:
         renderer = ctl._renderer
-        wait_for(lambda: len(ctl._pipeline.stats.records) > 5, "frames")
         work.clear()
         before = renderer.compositor
         ctl.set_photo(other)
@@ -76,14 +82,9 @@ def test_the_frame_thread_only_swaps_a_photo_prepared_elsewhere(pulse_server, as
 
 
 def test_mirror_idle_motion_and_engine_changes_are_built_off_the_frame_thread(pulse_server, astronaut_png, monkeypatch):
-    register()
-    work = _watch(monkeypatch)
-    ctl = Controller(Settings(photo=str(astronaut_png), engine="lite", mic="pulse", camera_backend=BACKEND,
-                              width=320, height=180, fps=15.0), persist=False)
-    ctl.start()
+    ctl, work = _running(astronaut_png, monkeypatch)
     try:
         renderer = ctl._renderer
-        wait_for(lambda: len(ctl._pipeline.stats.records) > 5, "frames")
         for change, done, built in [
             ({"mirror": not ctl.settings.mirror}, lambda _: renderer.compositor.fmt.mirror == ctl.settings.mirror,
              {"compositor", "painter", "idle motion"}),
