@@ -14,7 +14,8 @@ from helpers import run_cli, run_cli_peak_rss
 
 from avatar_cam.audio.file_stream import StreamedAudio
 from avatar_cam.audio.mel import melspectrogram
-from avatar_cam.audio.sources import load_audio
+from avatar_cam.audio.ring import AudioRing
+from avatar_cam.audio.sources import FileSource, load_audio
 from avatar_cam.live.frame_clock import FrameClock
 from avatar_cam.live.mel_windows import mel_window
 
@@ -114,3 +115,39 @@ def test_render_memory_does_not_grow_with_the_length(astronaut_png, ten_minutes,
                                                "--fps", "1", "--no-progress")
         assert result.returncode == 0, result.stderr
     assert peaks["10 min"] < peaks["10 s"] + 40, peaks  # decoded whole, ten minutes took 212 MB more
+
+
+def test_a_played_file_is_decoded_as_it_plays(ten_minutes):
+    """`run --audio-file` (the live path's FileSource) holds a few seconds of a long file, not all of it, and
+    plays exactly what a whole decode gives."""
+    ring = AudioRing(seconds=30)
+    tracemalloc.start()
+    try:
+        source = FileSource(ten_minutes, ring, realtime=False, block=1600)
+        assert source.duration_s == 600.0
+        source.start()
+        assert source.finished.wait(120)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert source.error is None and ring.total == 600 * 16000
+    assert peak < 16 << 20, f"{peak / 1e6:.0f} MB"  # decoded whole: 212 MB, then 38 MB at 16 kHz
+    whole = load_audio(ten_minutes)
+    np.testing.assert_allclose(ring.read(ring.total - 16000 * 20, 16000 * 20), whole[-16000 * 20 :], atol=1e-6)
+
+
+def test_a_file_damaged_midway_stops_playing_there_and_says_why(speech_wav, tmp_path):
+    from avatar_cam.outputs.recorder import ffmpeg_exe
+
+    flac = tmp_path / "talk.flac"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(speech_wav), str(flac)], check=True)
+    raw = bytearray(flac.read_bytes())
+    at = len(raw) * 3 // 4  # past the first 2 s decoded at once
+    raw[at : at + 4000] = os.urandom(4000)
+    flac.write_bytes(bytes(raw))
+    ring = AudioRing(seconds=30)
+    source = FileSource(flac, ring, realtime=False)  # the header is fine: it opens
+    source.start()
+    assert source.finished.wait(30)
+    assert 0 < ring.total < len(load_audio(speech_wav))  # what came before the damage played
+    assert "is damaged" in str(source.error) and str(flac) in str(source.error) and source.error.hint

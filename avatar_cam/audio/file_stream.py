@@ -58,8 +58,8 @@ def too_short(path: Path, n: int) -> AudioError:
                       hint="give a recording with some speech in it")
 
 
-class _Decoder:
-    """16 kHz mono blocks of a file, in order, from the start."""
+class FileDecoder:
+    """16 kHz mono blocks of a file (BLOCK_S of it at a time), in order, from the start: `next()` until `done`."""
 
     def __init__(self, path: Path):
         import soundfile
@@ -70,6 +70,7 @@ class _Decoder:
         except (soundfile.SoundFileError, RuntimeError, TypeError) as exc:
             raise unreadable(path, exc) from None
         self.rate = self._file.samplerate
+        self.duration_s = self._file.frames / self.rate if self.rate else 0.0  # as the file's header says
         self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
             if self.rate != SAMPLE_RATE else None
         self.done = False
@@ -86,9 +87,12 @@ class _Decoder:
         if self._resampler is not None:
             mono = self._resampler.resample_chunk(np.ascontiguousarray(mono), last=last)
         if last:
-            self.done = True
-            self._file.close()
+            self.close()
         return np.ascontiguousarray(mono, dtype=np.float32)
+
+    def close(self) -> None:
+        self.done = True
+        self._file.close()
 
 
 class _MelView:
@@ -107,14 +111,14 @@ class StreamedAudio:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         check_audio_file(self.path)
-        n, decoder = 0, _Decoder(self.path)  # one pass to count: frame count and mel length must be known first
+        n, decoder = 0, FileDecoder(self.path)  # one pass to count: frame count and mel length must be known first
         while not decoder.done:
             n += len(decoder.next())
         if n < MIN_SAMPLES:
             raise too_short(self.path, n)
         self._n = n
         self.mel = _MelView(self)
-        self._decoder = _Decoder(self.path)
+        self._decoder = FileDecoder(self.path)
         self._samples = np.empty(0, np.float32)  # decoded samples [self._s0, self._s0 + len)
         self._s0 = 0
         self._mel_stream = StreamingMel()

@@ -7,6 +7,7 @@ Threads: a source has exactly one producer thread that writes to the ring (PortA
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ from avatar_cam.audio.devices import (
     list_input_devices,
     sounddevice_module,
 )
-from avatar_cam.audio.file_stream import check_audio_file, unreadable
+from avatar_cam.audio.file_stream import FileDecoder, check_audio_file, unreadable
 from avatar_cam.audio.ring import SAMPLE_RATE, AudioRing
 from avatar_cam.errors import AudioError
+
+log = logging.getLogger(__name__)
 
 
 def load_audio(path) -> np.ndarray:
@@ -49,13 +52,24 @@ class FileSource:
     is due (start + end_sample / 16000 on the monotonic clock) and that due time is its arrival time, so the
     arrival clock stays exact even when the thread wakes late. `finished` is set when the thread ends: the
     file played to its end, or `stop()` was called. `loop=True` plays forever, until `stop()`.
+    A file is decoded as it plays, a few seconds at a time (an hour of sound never sits in memory); a file that
+    cannot be opened fails here, one damaged further on stops playing there (`error` says why).
     """
 
     def __init__(self, path_or_array, ring: AudioRing, realtime: bool = True, block: int = 160, loop: bool = False):
-        is_array = isinstance(path_or_array, np.ndarray)  # an array is taken as 16 kHz mono already
-        self.samples = np.asarray(path_or_array, np.float32).reshape(-1) if is_array else load_audio(path_or_array)
+        self._samples: np.ndarray | None = None  # an array is taken as 16 kHz mono already
+        self._path: Path | None = None
+        if isinstance(path_or_array, np.ndarray):
+            self._samples = np.asarray(path_or_array, np.float32).reshape(-1)
+            self.duration_s = len(self._samples) / SAMPLE_RATE
+        else:
+            self._path = Path(path_or_array)
+            check_audio_file(self._path)
+            decoder = FileDecoder(self._path)  # a file that cannot be opened fails now, not on the thread
+            self.duration_s = decoder.duration_s
+            decoder.close()
         self.ring, self.realtime, self.block, self.loop = ring, realtime, max(1, int(block)), loop
-        self.duration_s = len(self.samples) / SAMPLE_RATE
+        self.error: AudioError | None = None  # why a file stopped playing before its end
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,20 +88,41 @@ class FileSource:
             self._thread.join()
             self._thread = None
 
+    def _pieces(self):
+        """The sound from the start, in pieces: the array's blocks, or the file's as decoded."""
+        if self._samples is not None:
+            for offset in range(0, len(self._samples), self.block):
+                yield self._samples[offset : offset + self.block]
+            return
+        decoder = FileDecoder(self._path)
+        try:
+            while not decoder.done and not self._stop.is_set():
+                decoded = decoder.next()
+                for offset in range(0, len(decoded), self.block):
+                    yield decoded[offset : offset + self.block]
+        finally:
+            if not decoder.done:
+                decoder.close()
+
     def _run(self) -> None:
         try:
-            n, pos, t0 = len(self.samples), 0, time.monotonic()
-            while n and not self._stop.is_set() and (self.loop or pos < n):
-                offset = pos % n
-                chunk = self.samples[offset : offset + self.block]
-                pos += len(chunk)
-                if not self.realtime:
-                    self.ring.write(chunk)
-                    continue
-                due = t0 + pos / SAMPLE_RATE
-                if self._stop.wait(max(0.0, due - time.monotonic())):
-                    break
-                self.ring.write(chunk, arrival=due)
+            pos, t0 = 0, time.monotonic()
+            while not self._stop.is_set():
+                played = pos
+                for chunk in self._pieces():
+                    pos += len(chunk)
+                    if not self.realtime:
+                        self.ring.write(chunk)
+                        continue
+                    due = t0 + pos / SAMPLE_RATE
+                    if self._stop.wait(max(0.0, due - time.monotonic())):
+                        return
+                    self.ring.write(chunk, arrival=due)
+                if not self.loop or pos == played:  # played once, or there is nothing to loop
+                    return
+        except AudioError as exc:
+            self.error = exc
+            log.info("stopped playing %s early: %s", self._path, exc)
         finally:
             self.finished.set()
 

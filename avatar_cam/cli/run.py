@@ -87,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = summarize(pipeline.stats.records, clock.fps)
     print(f"stopped: {s['frames']} frames, {s['fps']} fps, mouth latency p95 {s['latency_ms_p95']} ms "
           f"({renderer.lipsync.name} engine)", file=sys.stderr)
+    if getattr(source, "error", None) is not None:  # the audio file was damaged partway
+        raise source.error
     return 0
 
 
