@@ -42,9 +42,16 @@ def answer(args: argparse.Namespace, result: dict, describe) -> int:
     return 0
 
 
-def run_for(pipeline, source, seconds: float, cleanup=()) -> None:
-    """Feed `pipeline` from `source` and run it on this thread for `seconds`; then stop both and run `cleanup`."""
-    timer = threading.Timer(seconds, pipeline.stop)
+def run_for(pipeline, source, seconds: float, cleanup=(), at_end=None) -> None:
+    """Feed `pipeline` from `source` and run it on this thread for `seconds`; then stop both and run `cleanup`.
+    `at_end()` is called once the time is up, while every thread still runs."""
+
+    def end() -> None:
+        if at_end is not None:
+            at_end()
+        pipeline.stop()
+
+    timer = threading.Timer(seconds, end)
     source.start()
     timer.start()
     try:
@@ -57,13 +64,29 @@ def run_for(pipeline, source, seconds: float, cleanup=()) -> None:
 
 
 class ProcessCpu:
-    """This process's CPU use since it was made, in % of one core."""
+    """This process's CPU use since it was made, in % of one core; `by_thread` splits it by thread."""
 
     def __init__(self):
         import psutil
 
         self._proc = psutil.Process()
         self._t0, self._cpu0 = time.monotonic(), self._cpu()
+        self._threads0 = self._thread_cpu()
+
+    def _thread_cpu(self) -> dict[int, float]:
+        return {t.id: t.user_time + t.system_time for t in self._proc.threads()}
+
+    def by_thread(self) -> dict[str, float]:
+        """% of one core per thread since this was made, by the thread's name (the pipeline's frame thread is
+        the caller's, "MainThread"); threads Python did not start (OpenVINO's, PortAudio's) are summed as
+        "native". Call while the threads still run: an ended thread's time is gone."""
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        took = max(time.monotonic() - self._t0, 1e-9)
+        out: dict[str, float] = {}
+        for tid, cpu in self._thread_cpu().items():
+            name = names.get(tid, "native")
+            out[name] = out.get(name, 0.0) + 100.0 * (cpu - self._threads0.get(tid, 0.0)) / took
+        return {name: round(pct, 1) for name, pct in sorted(out.items(), key=lambda kv: -kv[1]) if pct >= 0.05}
 
     def _cpu(self) -> float:
         t = self._proc.cpu_times()

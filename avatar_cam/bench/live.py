@@ -53,8 +53,9 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
         source = FileSource(speech, ring, realtime=True)
         neighbour = Neighbour(neighbour_pct, pinned) if neighbour_pct > 0 else None
         cpu, t0 = ProcessCpu(), time.monotonic()
+        threads: dict[str, float] = {}
         try:
-            run_for(pipeline, source, seconds, cleanup=(camera.close,))
+            run_for(pipeline, source, seconds, cleanup=(camera.close,), at_end=lambda: threads.update(cpu.by_thread()))
         finally:
             theirs = neighbour.stop() if neighbour is not None else None
         cpu_pct, t1 = cpu.percent(), time.monotonic()
@@ -71,6 +72,7 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
         "engine": renderer.lipsync.name,
         "weights": weights_note,
         "cpu_pct": cpu_pct,
+        "cpu_by_thread_pct": threads,  # "MainThread" draws the frames, "mouths" runs inference
         "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
@@ -92,6 +94,8 @@ def describe(r: dict) -> None:
         print(f"  the neighbour (a call app needing {r['neighbour_pct']}% of a core at 30 Hz): "
               f"{r['neighbour_late_pct']}% of its {r['neighbour_jobs']} jobs late")
     print(f"  CPU {r['cpu_pct']}% of one core, RSS {r['rss_mb']} MB (peak {r['peak_rss_mb']} MB)")
+    split = ", ".join(f"{'frames' if name == 'MainThread' else name} {pct}%" for name, pct in r["cpu_by_thread_pct"].items())
+    print(f"  by thread: {split}")
 
 
 def register(kinds: argparse._SubParsersAction) -> None:

@@ -1,0 +1,24 @@
+"""`avatar-cam bench live` as a user runs it: the real pipeline (Wav2Lip in OpenVINO on seeded random weights,
+espeak-ng speech in real time) into the bench's counting camera, beside its neighbour process. Correctness of
+what it reports, not the machine's speed: the keys older scripts read, and a CPU split that adds up."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import run_cli
+
+
+def test_bench_live_reports_the_camera_the_mouth_the_neighbour_and_where_the_cpu_goes(astronaut_png):
+    result = run_cli("bench", "live", "--seconds", "5", "--size", "320x180", "--photo", str(astronaut_png),
+                     "--neighbour", "20", "--json", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout)
+    for key in ("camera_fps", "camera_late_pct", "mouth_hz", "latency_ms_p95", "cpu_pct", "neighbour_late_pct"):
+        assert isinstance(r[key], (int, float)), key
+    assert (r["fps"], r["late_frames_pct"]) == (r["camera_fps"], r["camera_late_pct"])  # the older names
+    assert r["frames"] > 60 and r["mouth_hz"] > 0 and r["neighbour_jobs"] > 60
+    threads = r["cpu_by_thread_pct"]
+    assert {"MainThread", "mouths"} <= threads.keys(), threads  # the frame thread, and inference's
+    # The split is of the same process time as the total (each sampled a little apart: within a few points).
+    assert abs(sum(threads.values()) - r["cpu_pct"]) < 10, (threads, r["cpu_pct"])
