@@ -227,3 +227,9 @@ def test_the_sync_report_is_not_fooled_by_a_looped_sentence(speech_16k):
     r = sync_report(x, heard, y, left, frames)
     assert abs(r["voice_delay_ms_p50"] - 1000 * delay) < 2, r
     assert r["offset_ms_p95"] < 2 and r["voice_similarity_p5"] > 0.95, r
+    assert r["own_mouth_frames"] == r["frames"] and r["own_mouth_offset_ms_p50"] < 2, r
+    # Every other frame showing the previous frame's mouth (a busy machine): those are a frame period off.
+    older = [(t - (i % 2) / 30, sent, i % 2 == 0) for i, (t, sent) in enumerate(frames)]
+    r = sync_report(x, heard, y, left, older)
+    assert r["own_mouth_offset_ms_p50"] < 2 and 2 * r["own_mouth_frames"] == pytest.approx(r["frames"], abs=2), r
+    assert r["offset_ms_p95"] == pytest.approx(1000 / 30, abs=2), r

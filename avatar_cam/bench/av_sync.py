@@ -53,6 +53,8 @@ def _print_av_sync(r: dict) -> None:
     print(f"voice vs lips over {r['span_s']} s of speech, {r['frames']} talking frames ({r['weights']})")
     print(f"  |offset| p50 {r['offset_ms_p50']} ms, p95 {r['offset_ms_p95']} ms  (signed p5..p95 {lo:+}..{hi:+} ms, "
           f"mean {r['offset_ms_mean']:+} ms; > 0: the voice comes later)")
+    print(f"  frames that showed their own mouth: {r['own_mouth_frames']} of {r['frames']}, |offset| p50 "
+          f"{r['own_mouth_offset_ms_p50']} ms (the pacing alone; the others show an older mouth: a busy machine)")
     print(f"  drift {r['drift_ms_per_hour']:+} ms/hour (+- {r['drift_ms_per_hour_stderr']}; longer runs narrow it)")
     print(f"  voice delayed {r['voice_delay_ms_p50']} ms (target {r['delay_ms']} ms); frames ready p5/p50/p95 "
           f"{r['frame_ready_ms_p5_p50_p95']} ms and sent p5/p50/p95 {r['frame_latency_ms_p5_p50_p95']} ms after "
@@ -121,13 +123,15 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         camera = VirtualCameraSink(w, h, fps, backend=TIMED_BACKEND)
         stack.callback(camera.close)
         vmic = stack.enter_context(VirtualMicrophone(ring, offset_ms, initial_delay_s=clock.lookahead_s + 0.04))
-        shown: list[tuple[int, float, bool, float | None, float | None]] = []  # every frame: stats.records is bounded
+        # Every frame (stats.records is bounded): index, audio time its lips show, talking, latency, lateness, and
+        # whether the mouth is its own.
+        shown: list[tuple[int, float, bool, float | None, float | None, bool]] = []
 
         def on_frame(frame, rec) -> None:
             vmic.observe_frame(frame, rec)
             # The audio time the lips show: the mouth's own (an earlier frame's when the machine is busy).
             mouth_time = clock.audio_time(rec.mouth_index) if rec.mouth_index >= 0 else rec.audio_time
-            shown.append((rec.index, mouth_time, rec.inferred, rec.latency, rec.lateness))
+            shown.append((rec.index, mouth_time, rec.inferred, rec.latency, rec.lateness, rec.mouth_index == rec.index))
 
         pipeline = LivePipeline(renderer, [camera], ring, clock, on_frame=on_frame,
                                 performance=performance_mode(performance))
@@ -159,7 +163,7 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         mic.stop()
         listener.stop()
         cam_times = TimedCamera.last.times
-        talking = [(t_audio, sent) for (k, t_audio, inferred, *_), sent in zip(shown, cam_times, strict=True)
+        talking = [(t_audio, sent, own) for (k, t_audio, inferred, _, _, own), sent in zip(shown, cam_times, strict=True)
                    if k >= 0 and inferred]
         x, y = ring.read(0, ring.total), recorded.read(0, recorded.total)
         try:
@@ -170,8 +174,8 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
                                  hint="run it again for longer (--seconds 60) with nothing else using the sound "
                                       "server; `pactl list short sources` should list avatar_cam_mic while it runs"
                                  ) from None
-        latency = [lat for k, _, inferred, lat, _ in shown if k >= 0 and inferred and lat is not None]
-        ready = [d for k, _, inferred, _, d in shown if k >= 0 and inferred and d is not None]
+        latency = [lat for k, _, inferred, lat, _, _ in shown if k >= 0 and inferred and lat is not None]
+        ready = [d for k, _, inferred, _, d, _ in shown if k >= 0 and inferred and d is not None]
     result.update({
         "weights": weights_note, "delay_ms": status["delay_ms"], "offset_setting_ms": offset_ms,
         "frame_latency_ms_p5_p50_p95": [round(1000 * float(v), 1) for v in np.percentile(latency, [5, 50, 95])],

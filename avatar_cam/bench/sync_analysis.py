@@ -81,9 +81,11 @@ def sync_report(x: np.ndarray, heard, y: np.ndarray, left, frames: list[tuple[fl
 
     x: the input at 16 kHz, heard(s): when its sample s was heard; y: the virtual microphone recorded at
     16 kHz, left(j): when its sample j left the device (both steady clocks, see `steady_clock`). frames:
-    (audio time shown, time sent) of each frame with a moving mouth. An offset is (voice out) - (frame out)
-    for the audio a frame shows: > 0 means the voice comes later than the lips. The voice is looked for up to
-    `max_delay_s` after it was heard.
+    (audio time shown, time sent[, own]) of each frame with a moving mouth; `own`: the frame shows the mouth
+    drawn for its own audio (not an earlier frame's, as a busy machine's frames do). An offset is (voice out) -
+    (frame out) for the audio a frame shows: > 0 means the voice comes later than the lips. The offsets of the
+    frames with their own mouths measure the pacing alone; all frames', what a viewer sees. The voice is looked
+    for up to `max_delay_s` after it was heard.
     """
     # The voice leaves 0 to max_delay_s after it was heard: where x's first voiced sample can be in y.
     voiced = int(np.argmax(np.abs(x) > 0.02))
@@ -96,13 +98,17 @@ def sync_report(x: np.ndarray, heard, y: np.ndarray, left, frames: list[tuple[fl
     centres, found = centres[good], found[good]
     shown = np.array([f[0] for f in frames]) * SAMPLE_RATE
     sent = np.array([f[1] for f in frames])
+    own = np.array([bool(f[2]) if len(f) > 2 else True for f in frames])
     keep = (shown >= centres[0]) & (shown <= centres[-1])
     offsets = left(np.interp(shown[keep], centres, found)) - sent[keep]
     if offsets.size < 10:
         raise ValueError("too few frames showed voice that was found")
     t = sent[keep] - sent[keep][0]
     slope, stderr = _slope(t, offsets)
+    paced = offsets[own[keep]]
     return {
+        "own_mouth_frames": int(paced.size),
+        "own_mouth_offset_ms_p50": round(1000 * float(np.percentile(np.abs(paced), 50)), 1) if paced.size else None,
         "frames": int(offsets.size),
         "voice_similarity_p5": round(float(np.percentile(similar, 5)), 3),
         "offset_ms_p50": round(1000 * float(np.percentile(np.abs(offsets), 50)), 1),
