@@ -181,11 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--source", choices=("espeak", "festival"), default="espeak")
     ap.add_argument("--out", type=Path, help="default: training/visemes/data/SOURCE.npz")
+    ap.add_argument("--voices", nargs="+", help="--source festival: only these of FESTIVAL_TRAIN (default: all)")
     args = ap.parse_args(argv)
     args.out = args.out or HERE / "data" / f"{args.source}.npz"
     args.utterances = args.utterances or (2400 if args.source == "espeak" else 2000)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pool = voices() if args.source == "espeak" else FESTIVAL_TRAIN
+    if args.voices:
+        if args.source != "festival" or not set(args.voices) <= set(FESTIVAL_TRAIN):
+            ap.error(f"--voices: festival voices of {' '.join(FESTIVAL_TRAIN)}")
+        pool = list(args.voices)
     make = utterance if args.source == "espeak" else festival_utterance
     t0 = time.time()
     mels, segs, utt_voice, utt_version, seg_utt, symbols = [], [], [], [], [], set()

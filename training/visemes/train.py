@@ -173,6 +173,22 @@ def export(net: Net, mean: np.ndarray, scale: np.ndarray, out: Path, meta: dict)
     np.savez_compressed(out, **arrays)
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """Several trained weights files -> one ensemble file (`VisemeEstimator` averages its members' probabilities).
+    The first member keeps the single network's array names, so a one-member file reads as before."""
+    arrays: dict = {}
+    for j, path in enumerate(paths):
+        with np.load(path) as z:
+            if "members" in z.files:
+                raise ValueError(f"{path} is already an ensemble")
+            pre = f"m{j}_" if j else ""
+            for k in z.files:
+                if k not in ("shapes",) or not j:
+                    arrays[k if k == "shapes" else pre + k] = z[k]
+    arrays["members"] = np.array(len(paths))
+    np.savez_compressed(out, **arrays)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, nargs="+", default=[HERE / "data" / "espeak.npz", HERE / "data" / "festival.npz"])
@@ -187,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eq-db", type=float, default=6.0, help="random equaliser's reach (0: none)")
     ap.add_argument("--rs-weight", type=float, default=1.0, help="extra weight of rounded and spread frames")
     ap.add_argument("--closed-weight", type=float, default=3.0, help="extra weight of closed-lip frames")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="WEIGHTS",
+                    help="no training: write these trained weights files to --out as one ensemble")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB): {len(args.merge)} members")
+        return 0
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # deterministic reductions; and the machine is shared
     rng = np.random.default_rng(args.seed)
