@@ -4,8 +4,9 @@ Concern: which lip shape (closed m/b/p, lip-teeth f/v, rounded o/u/w, open a, mi
 voice shows at a frame's time, speaker-independent and with no calibration. Its input is exactly what the
 pipeline already hands the lite engine per frame: Wav2Lip's normalised 80x16 mel window covering
 [t - 40 ms, t + 160 ms] (see `frame_clock.mel_start`), so it needs no look-ahead of its own.
-The model is a small MLP trained by `training/visemes/train.py` on speech the project synthesizes itself
-(`training/visemes/make_data.py`); its weights are `visemes.npz` next to this file. Pure numpy.
+The model is four small MLPs (an ensemble: their probabilities averaged) trained by `training/visemes/train.py`
+on speech the project synthesizes itself (`training/visemes/make_data.py`); its weights are `visemes.npz` next
+to this file. Pure numpy.
 
 Threads: an estimator belongs to the one thread that calls `probabilities`, in frame order (its smoothing
 state is per stream): the frame thread, or the renderer's mouth thread when the Lite engine runs there under
@@ -37,8 +38,14 @@ class VisemeEstimator:
 
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarray, scale: np.ndarray,
                  smoothing: float = 0.0, others: list[tuple[list, np.ndarray, np.ndarray]] = ()):
-        self._members = [([(w.astype(np.float32), b.astype(np.float32)) for w, b in ls], m.astype(np.float32),
-                          s.astype(np.float32)) for ls, m, s in [(layers, mean, scale), *others]]
+        members = [(ls, m.astype(np.float64), s.astype(np.float64)) for ls, m, s in [(layers, mean, scale), *others]]
+        # The standardisation folded into each first layer, and all first layers side by side: one matrix product.
+        firsts = [(s[:, None] * w[0][0].astype(np.float64), w[0][1] - (m * s) @ w[0][0].astype(np.float64))
+                  for w, m, s in members]
+        self._first = (np.concatenate([w for w, _ in firsts], 1).astype(np.float32),
+                       np.concatenate([b for _, b in firsts]).astype(np.float32))
+        self._widths = np.cumsum([0] + [w.shape[1] for w, _ in firsts])
+        self._rest = [[(w.astype(np.float32), b.astype(np.float32)) for w, b in ls[1:]] for ls, _, _ in members]
         self.smoothing = float(smoothing)
         self.reset()
 
@@ -61,14 +68,13 @@ class VisemeEstimator:
 
     def logits(self, mels: np.ndarray) -> list[np.ndarray]:
         """Each member's logits, (B, K) each."""
-        x = features(mels)
+        w, b = self._first
+        first = features(mels) @ w + b
         out = []
-        for layers, mean, scale in self._members:
-            h = (x - mean) * scale
-            for i, (w, b) in enumerate(layers):
-                h = h @ w + b
-                if i < len(layers) - 1:
-                    np.maximum(h, 0.0, out=h)
+        for j, rest in enumerate(self._rest):
+            h = first[:, self._widths[j] : self._widths[j + 1]]
+            for layer_w, layer_b in rest:
+                h = np.maximum(h, 0.0) @ layer_w + layer_b
             out.append(h)
         return out
 
@@ -78,7 +84,7 @@ class VisemeEstimator:
         for z in self.logits(mels):
             z = np.exp(z - z.max(axis=1, keepdims=True))
             p = p + z / z.sum(axis=1, keepdims=True)
-        p = p / len(self._members)
+        p = p / len(self._rest)
         if self.smoothing > 0.0:
             a = self.smoothing
             for i in range(len(p)):
