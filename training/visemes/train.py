@@ -1,7 +1,14 @@
 """Train the mouth-shape estimator and write its weights to avatar_cam/lipsync/visemes.npz.
 
 Run (from the repository root, in the project's venv, after make_data.py):
-    .venv/bin/python training/visemes/train.py    # data: training/visemes/data/espeak.npz and festival.npz
+    .venv/bin/python training/visemes/train.py   # data: data/espeak.npz, festival.npz, festival_ked.npz (make_data.py)
+The committed weights, an ensemble of four networks (22-25 minutes each here, two side by side):
+    D=training/visemes/data
+    .venv/bin/python training/visemes/train.py --seed 15 --data $D/espeak.npz $D/festival.npz --out /tmp/s15.npz
+    .venv/bin/python training/visemes/train.py --seed 16 --data $D/espeak.npz $D/festival.npz --out /tmp/s16.npz
+    .venv/bin/python training/visemes/train.py --seed 15 --out /tmp/k15.npz
+    .venv/bin/python training/visemes/train.py --seed 16 --out /tmp/k16.npz
+    .venv/bin/python training/visemes/train.py --merge /tmp/s15.npz /tmp/s16.npz /tmp/k15.npz /tmp/k16.npz
     .venv/bin/python training/visemes/train.py --epochs 2 --out /tmp/v.npz   # a quick look
 
 Input per example: exactly what the pipeline hands the lite engine for a frame at time t, the normalised
@@ -15,8 +22,12 @@ dropout, cross-entropy with label smoothing; coarticulated consonant frames weig
 numpy), single-threaded-deterministic on CPU: the same data and seed give the same weights.
 Validation: espeak-ng voices make_data.py never uses (HELD_OUT), and the festival voices of --hold-out (kept
 out of training); the benchmark's voices (flite's, festival's kal_diphone and slt HTS) are never in the data.
+The committed weights are an ensemble of four such networks (`--merge`: the estimator averages their
+probabilities): seeds 15 and 16, each without and with festival_ked.npz; chosen on the validation voices over one
+network and over either pair (`evaluate.py --validation`).
 PyTorch is used here only, never at run time.
-Time here: 8.5 minutes for 12 epochs (2.7 M windows) with the machine shared (PyTorch CPU, one thread).
+Time here: 8.5 minutes for 12 epochs (2.7 M windows) with the machine shared (PyTorch CPU, one thread); with
+festival_ked.npz (3.4 M windows), two trainings side by side on 2 vCPU: about 25 minutes each.
 """
 
 from __future__ import annotations
@@ -173,9 +184,26 @@ def export(net: Net, mean: np.ndarray, scale: np.ndarray, out: Path, meta: dict)
     np.savez_compressed(out, **arrays)
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """Several trained weights files -> one ensemble file (`VisemeEstimator` averages its members' probabilities).
+    The first member keeps the single network's array names, so a one-member file reads as before."""
+    arrays: dict = {}
+    for j, path in enumerate(paths):
+        with np.load(path) as z:
+            if "members" in z.files:
+                raise ValueError(f"{path} is already an ensemble")
+            pre = f"m{j}_" if j else ""
+            for k in z.files:
+                if k not in ("shapes",) or not j:
+                    arrays[k if k == "shapes" else pre + k] = z[k]
+    arrays["members"] = np.array(len(paths))
+    np.savez_compressed(out, **arrays)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, nargs="+", default=[HERE / "data" / "espeak.npz", HERE / "data" / "festival.npz"])
+    ap.add_argument("--data", type=Path, nargs="+",
+                    default=[HERE / "data" / f"{name}.npz" for name in ("espeak", "festival", "festival_ked")])
     ap.add_argument("--out", type=Path, default=WEIGHTS)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
@@ -187,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eq-db", type=float, default=6.0, help="random equaliser's reach (0: none)")
     ap.add_argument("--rs-weight", type=float, default=1.0, help="extra weight of rounded and spread frames")
     ap.add_argument("--closed-weight", type=float, default=3.0, help="extra weight of closed-lip frames")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="WEIGHTS",
+                    help="no training: write these trained weights files to --out as one ensemble")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB): {len(args.merge)} members")
+        return 0
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # deterministic reductions; and the machine is shared
     rng = np.random.default_rng(args.seed)
