@@ -129,6 +129,27 @@ def test_a_slow_engine_never_costs_a_camera_frame(engine, astronaut_png, talking
     assert mouth_hz(fast) > 1.2 * mouth_hz(slow), (mouth_hz(slow), mouth_hz(fast))
 
 
+def test_switching_performance_mode_mid_inference_costs_no_frame(engine, astronaut_png, talking):
+    """The tray's Performance menu while a slow inference runs: the frame thread hands the old "mouths" thread its
+    stop and goes on (it used to wait for the inference to end: half a second here, 15 frames)."""
+    lipsync = SlowWav2Lip(engine, slow_s=0.5)  # the mouths thread is inside an inference nearly all the time
+    switched: list[float] = []
+
+    def switch(t: float, pipe) -> None:
+        if len(switched) < 3 and t > 2.0 + 1.5 * len(switched):
+            pipe.request_performance(performance(("balanced", "light", "smooth")[len(switched)]))
+            switched.append(time.monotonic())
+
+    pipe, cam, clock = run_live(lipsync, astronaut_png, talking, 7.0, on_way=switch)
+    live = [r for r in pipe.stats.records if r.index >= 0]
+    indices = [r.index for r in live]
+    assert len(switched) == 3 and pipe.performance.name == "smooth"
+    assert indices == list(range(indices[0], indices[-1] + 1))  # none skipped
+    after_switches = [r for r in live if any(0 <= r.started - t < 0.6 for t in switched)]
+    assert len(after_switches) > 30
+    assert max(r.emitted - r.slot for r in after_switches) < 0.1, max(r.emitted - r.slot for r in after_switches)
+
+
 def test_with_the_voice_paced_each_frame_leaves_with_the_voice_it_shows(engine, astronaut_png, talking):
     """Avatar Cam Microphone paces frames (`LivePipeline.pace`: when the voice at an audio time plays); here the
     voice plays 0.26 s after it was heard (longer than a frame's audio and mouth take, as the measured delay is).

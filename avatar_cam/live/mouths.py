@@ -43,11 +43,13 @@ class Mouth:
 
 
 class MouthWorker:
-    def __init__(self, renderer, fps: float, mode: Performance):
+    """`taking_over`: the worker of the previous performance mode, whose mouths are shown until this one's come."""
+
+    def __init__(self, renderer, fps: float, mode: Performance, taking_over: MouthWorker | None = None):
         self.renderer, self.fps, self.mode = renderer, fps, mode
         self._cond = threading.Condition()
         self._job: tuple[int, float, np.ndarray, int] | None = None  # the newest request not yet taken
-        self._mouths: deque[Mouth] = deque(maxlen=16)
+        self._mouths: deque[Mouth] = deque(taking_over._mouths if taking_over is not None else (), maxlen=16)
         self._next_due = float("-inf")  # frame index from which the rate cap allows the next mouth
         self._wall: deque[float] = deque(maxlen=30)  # seconds per inference, recent
         self._cpu: deque[float] = deque(maxlen=30)  # CPU seconds per inference (this thread's), recent
@@ -65,11 +67,13 @@ class MouthWorker:
         self._thread = threading.Thread(target=self._run, name="mouths", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """End the thread; `wait=False` (the frame thread, switching modes): it ends by itself after the inference
+        it is in, if any (up to a frame or more on a slow machine, which the camera must not wait for)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=5)
 
     # --- the frame thread ----------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class LivePipeline:
         self.every_mouth = every_mouth
         self.performance = performance or performance_mode(None)
         self.mouths: MouthWorker | None = None  # the frame thread's; replaced when the performance mode changes
+        self._retired: MouthWorker | None = None  # the previous mode's, whose mouths show until the new one's come
         # pace(audio_time) -> monotonic time the frame showing it should leave (None: at once). Called on the
         # frame thread. Set by whoever plays the voice out, so each frame leaves with the sound it shows.
         self.pace = None
@@ -94,8 +95,8 @@ class LivePipeline:
         def switch() -> None:
             self.performance = mode
             if self.mouths is not None:
-                self.mouths.stop()
-                self.mouths = None
+                self.mouths.stop(wait=False)
+                self._retired, self.mouths = self.mouths, None
 
         self.call_between_frames(switch)
 
@@ -238,7 +239,8 @@ class LivePipeline:
         """Frame k at its slot, with the newest mouth the "mouths" thread has drawn by then (see mouths.py)."""
         renderer = self.renderer
         if self.mouths is None:
-            self.mouths = MouthWorker(renderer, self.clock.fps, self.performance)
+            self.mouths = MouthWorker(renderer, self.clock.fps, self.performance, taking_over=self._retired)
+            self._retired = None
             self.mouths.start()
         info = renderer.gate_frame(k, audio, self.paused)
         generation = renderer.generation
