@@ -129,25 +129,38 @@ def test_a_slow_engine_never_costs_a_camera_frame(engine, astronaut_png, talking
     assert mouth_hz(fast) > 1.2 * mouth_hz(slow), (mouth_hz(slow), mouth_hz(fast))
 
 
-def test_switching_performance_mode_mid_inference_costs_no_frame(engine, astronaut_png, talking):
-    """The tray's Performance menu while a slow inference runs: the frame thread hands the old "mouths" thread its
-    stop and goes on (it used to wait for the inference to end: half a second here, 15 frames)."""
+def test_changes_mid_inference_cost_no_frame(engine, astronaut_png, talking):
+    """The tray's Performance menu, or a new photo, while a slow inference runs: the frame thread goes on (it used
+    to wait for the inference to end: up to half a second here, 15 frames). The old "mouths" thread is told to
+    stop and ends by itself; the new photo's engine takes over and the old face's last mouth is dropped."""
     lipsync = SlowWav2Lip(engine, slow_s=0.5)  # the mouths thread is inside an inference nearly all the time
     switched: list[float] = []
 
+    def new_photo(pipe) -> None:
+        prepared = pipe.renderer.prepare(portrait=Portrait.load(astronaut_png), lipsync=SlowWav2Lip(engine, 0.5))
+        def use():
+            print("locked at use:", pipe.renderer.engine_lock.locked(), time.monotonic())
+            pipe.renderer.use(prepared)
+            print("used", time.monotonic())
+        pipe.call_between_frames(use)
+
+    changes = [lambda pipe: pipe.request_performance(performance("balanced")), new_photo,
+               lambda pipe: pipe.request_performance(performance("smooth"))]
+
     def switch(t: float, pipe) -> None:
-        if len(switched) < 3 and t > 2.0 + 1.5 * len(switched):
-            pipe.request_performance(performance(("balanced", "light", "smooth")[len(switched)]))
+        if len(switched) < len(changes) and t > 2.0 + 1.5 * len(switched):
+            changes[len(switched)](pipe)
             switched.append(time.monotonic())
 
     pipe, cam, clock = run_live(lipsync, astronaut_png, talking, 7.0, on_way=switch)
     live = [r for r in pipe.stats.records if r.index >= 0]
     indices = [r.index for r in live]
-    assert len(switched) == 3 and pipe.performance.name == "smooth"
+    assert len(switched) == 3 and pipe.performance.name == "smooth" and pipe.renderer.generation == 1
     assert indices == list(range(indices[0], indices[-1] + 1))  # none skipped
-    after_switches = [r for r in live if any(0 <= r.started - t < 0.6 for t in switched)]
-    assert len(after_switches) > 30
-    assert max(r.emitted - r.slot for r in after_switches) < 0.1, max(r.emitted - r.slot for r in after_switches)
+    # The camera never paused: no gap between two frames sent of more than a few frame periods (a frame thread
+    # waiting for the inference in progress: 0.3-1 s).
+    gaps = np.diff(cam.times)
+    assert gaps.max() < 0.1, gaps.max()
 
 
 def test_with_the_voice_paced_each_frame_leaves_with_the_voice_it_shows(engine, astronaut_png, talking):

@@ -68,8 +68,10 @@ class FrameRenderer:
     layout, the Lite painter, the idle motion's fields), which on the frame thread would freeze the camera.
 
     The live pipeline may run the engine on another thread (`infer`, see mouths.py): `engine_lock` is held by
-    whoever runs the engine or gives it a face, and `generation` counts face and engine changes, so a mouth
-    drawn for the old face is never shown on the new one."""
+    whoever runs the engine (one inference at a time), and `generation` counts face and engine changes, so a
+    mouth drawn for the old face is never shown on the new one. A running engine is never given another face
+    (a new photo comes with an engine of its own), so a change never waits for the inference in progress: that
+    one finishes on the look it started with, and its mouth, of the old generation, is dropped."""
 
     def __init__(self, lipsync: LipSync, portrait: Portrait, fmt: OutputFormat, clock: FrameClock,
                  idle: IdleSettings | None = None):
@@ -121,12 +123,9 @@ class FrameRenderer:
             log.info("another change landed first: building this one on the frame thread")
             prepared = self.prepare(**prepared.wanted)
         old, new = self._look, prepared.look
-        if new.compositor.portrait is old.compositor.portrait and new.lipsync is old.lipsync:
-            self._look = new  # the same face and engine: mouths drawn already stay good
-            return
-        with self.engine_lock:
-            self._look = new
-            self.generation += 1
+        self._look = new
+        if new.compositor.portrait is not old.compositor.portrait or new.lipsync is not old.lipsync:
+            self.generation += 1  # (the same face and engine: the mouths drawn already stay good)
 
     def change(self, **wanted) -> None:
         """`prepare` and `use` at once: on the frame thread, or before frames run."""
