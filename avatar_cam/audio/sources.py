@@ -18,6 +18,7 @@ import soxr
 from avatar_cam.audio.devices import (
     PORTAUDIO_LOCK,
     devices_hint,
+    favour_audio_threads,
     find_input_device,
     list_input_devices,
     sounddevice_module,
@@ -145,6 +146,7 @@ class MicrophoneSource:
         self._stream, self._stopping = None, False
 
     def start(self) -> None:
+        favour_audio_threads()  # the callback must not wait 5 ms for the GIL every 10 ms block
         with PORTAUDIO_LOCK:  # the device's index stays valid until its stream is open
             self._open()
 

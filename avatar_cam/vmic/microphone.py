@@ -33,7 +33,7 @@ import signal
 import threading
 import time
 
-from avatar_cam.audio.devices import PORTAUDIO_LOCK, sounddevice_module
+from avatar_cam.audio.devices import PORTAUDIO_LOCK, favour_audio_threads, sounddevice_module
 from avatar_cam.audio.ring import AudioRing
 from avatar_cam.errors import VirtualMicError
 from avatar_cam.vmic.cables import find_virtual_cable
@@ -148,6 +148,7 @@ class VirtualMicrophone:
         return info["index"], round(info["default_samplerate"]), max(1, min(2, info["max_output_channels"]))
 
     def _open(self, index: int, rate: int, channels: int) -> None:
+        favour_audio_threads()  # the output callback, every 10 ms block, must not wait 5 ms for the GIL
         sd = sounddevice_module()
         tag = f"virtual-mic-{os.getpid()}"
         env = {}
