@@ -116,10 +116,34 @@ def test_reopen_attempts_back_off_and_start_again_once_sound_is_back():
     assert all(b >= a - WATCH for a, b in zip(waits, waits[1:], strict=False)), waits
     assert waits[-1] >= ctl.MIC_RETRY_MAX_S - WATCH and waits[-1] <= ctl.MIC_RETRY_MAX_S + 2 * WATCH, waits
     assert len(attempts) <= 8, attempts  # not a storm: an attempt every ~3 s would have made 20
-    # Sound is back: the next loss starts from the first wait again.
+    # Sound is back, and once it has flowed for a while the next loss starts from the first wait again.
     t += WATCH
     assert look(ctl, frames, t, ring, samples=4000) is None
-    assert ctl._mic_fault is None and ctl._mic_backoff_s == ctl.MIC_RETRY_S
+    assert ctl._mic_fault is None
+    back = t
+    while t < back + ctl.MIC_HEALTHY_S:
+        t += WATCH
+        assert look(ctl, frames, t, ring, samples=4000) is None
+    assert ctl._mic_backoff_s == ctl.MIC_RETRY_S
+
+
+def test_a_microphone_that_comes_back_and_stalls_again_is_not_reopened_every_few_seconds():
+    # The emulated guest: a reopened stream delivered for a few seconds and stalled again; its "back" reset the
+    # back-off, so it was reopened every ~5 s, each reopen costing 6-10 s of silence there.
+    ctl, ring, frames = watched()
+    t, attempts = 100.0, []
+    while t < 220:
+        t += WATCH
+        if look(ctl, frames, t) is not None:
+            attempts.append(t)
+            ctl._mic = SimpleNamespace(status="running")
+            ctl._mic_opened(t, ring.total)
+            for _ in range(16):  # the new stream delivers for 4 s, then stalls again
+                t += WATCH
+                look(ctl, frames, t, ring, samples=4000)
+    waits = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert waits[-1] >= ctl.MIC_RETRY_MAX_S, waits  # backed off to the cap, not reset by each short return
+    assert len(attempts) <= 14, attempts  # 12 here; resetting at every return reopened it 23 times (every 5.25 s)
 
 
 # --------------------------------------------------------------------- Avatar Cam Microphone's own watchdog

@@ -25,6 +25,11 @@ class MicrophoneWatch:
     MIC_STALL_S = 1.0  # a "running" microphone that delivers nothing for this long (while we ran) is lost
     MIC_OPEN_GRACE_S = 3.0  # a freshly opened stream may take this long to deliver (PulseAudio after a restart: ~2 s)
     MIC_SEARCH_S = 3.0  # between looks for a chosen microphone this process's PortAudio does not list
+    # Sound must flow this long after a reopen before a new loss starts the back-off again from MIC_RETRY_S: on a
+    # starved CPU a reopened stream delivers for a few seconds, stalls, and reopening it costs 6-10 s of silence
+    # each time (seen in the emulated guest: every ~5 s, the microphone silent half of the time).
+    MIC_HEALTHY_S = 30.0
+    _mic_back_at: float | None = None  # when sound came back after a loss, until it has flowed MIC_HEALTHY_S
     # The stall clock: seconds of silence from the stream counted only while this process ran (see `_lost_mic`).
     _mic_quiet_s = 0.0
     _mic_looked_at = 0.0
@@ -137,7 +142,7 @@ class MicrophoneWatch:
         machine, an emulator) the watchdog, the stream's thread and the frame thread are all held up together,
         and that is not the microphone's fault. A look that comes late adds at most two looks' worth, and an
         interval in which the frame thread drew nothing adds nothing. Reopen attempts back off: MIC_RETRY_S,
-        doubling up to MIC_RETRY_MAX_S, until sound comes back.
+        doubling up to MIC_RETRY_MAX_S, until sound has come back and flowed for MIC_HEALTHY_S.
         Returns (ring, detached old source or None) when it is time to reopen it, else None.
         """
         ring, mic = self._ring, self._mic
@@ -158,7 +163,9 @@ class MicrophoneWatch:
         else:
             if self._mic_fault and self._mic_seen[1] > self._mic_opened_at:
                 log.info("the microphone is back")
-                self._mic_fault, self._mic_backoff_s = None, self.MIC_RETRY_S
+                self._mic_fault, self._mic_back_at = None, now
+            if self._mic_back_at is not None and now - self._mic_back_at >= self.MIC_HEALTHY_S:
+                self._mic_backoff_s, self._mic_back_at = self.MIC_RETRY_S, None
             return None
         if not self._mic_fault:  # just lost
             log.warning("microphone lost (%s): reconnecting", problem)
