@@ -15,6 +15,7 @@ OUTSIDE_SAME = 6.0  # mean |difference| outside the box below which a frame coun
 VOICE_FRACTION = 0.08  # an audio block is voice above this fraction of the loudest block
 VOICE_GAP_MS = 800  # silence before a voice onset
 ONSET_SEARCH_MS = (-1000, 2500)  # where a mouth opening is looked for around a voice onset
+PATH_SEARCH_MS = 4000  # how long after the voice reached the microphone Chromium's hearing/seeing it is looked for
 
 
 @dataclass
@@ -162,6 +163,27 @@ def restart_checks(report: dict) -> dict:
             "last_track_state": report["page"].get("last")}
 
 
+def voice_path(report: dict, names: list[str]) -> dict:
+    """When each phrase reached the microphone (the voice probe, a plain client beside the daemon), and how much later
+    Chromium heard it from Avatar Cam Microphone and saw the mouth open: the product's whole delay, end to end
+    (None: not within PATH_SEARCH_MS; phrases are ~4.5 s apart)."""
+    probe = [{"t": t, "rms": rms} for t, rms in report.get("probe", [])]
+    at_mic = voice_onsets(voice_blocks(probe)[0])
+    heard = voice_onsets(voice_blocks(report["page"]["audio"])[0])
+    mouths = mouth_openings(report["page"]["video"], names, report, Window(0, float("inf")))
+    opened = [t for t, m in mouths if m > MOUTH_OPEN]
+    out = []
+    for onset in at_mic:
+        chromium = next((t for t in heard if onset - 200 <= t <= onset + PATH_SEARCH_MS), None)
+        mouth = next((t for t in opened if onset - 200 <= t <= onset + PATH_SEARCH_MS), None)
+        out.append({"at_mic": onset, "heard_ms": None if chromium is None else round(chromium - onset),
+                    "mouth_ms": None if mouth is None else round(mouth - onset)})
+    heard_ms = [o["heard_ms"] for o in out if o["heard_ms"] is not None]
+    mouth_ms = [o["mouth_ms"] for o in out if o["mouth_ms"] is not None]
+    return {"phrases": out, "median_heard_ms": statistics.median(heard_ms) if heard_ms else None,
+            "median_mouth_ms": statistics.median(mouth_ms) if mouth_ms else None}
+
+
 def devices_listed(report: dict) -> dict:
     opened = next((e["detail"] for e in report["page"]["events"] if e["what"] == "opened"), None)
     if opened is None:
@@ -176,6 +198,7 @@ def summarize(report: dict) -> dict:
                          if e["what"] == "ended" and e["t"] < marks(report).get("ctl quit", float("inf"))]
     return {"devices": devices_listed(report), "portrait": portrait_checks(report, names),
             "talking": talking_checks(report, names), "pause": pause_checks(report, names),
+            "voice_path": voice_path(report, names),
             "ended_before_restart": ended_before_quit, "restart_at_new_size": restart_checks(report),
             "track_events": track_events(report), "frames_received": len(report["page"]["video"]),
             "audio_blocks_received": len(report["page"]["audio"])}
