@@ -10,6 +10,7 @@ from pathlib import Path
 
 from camera_steps import device_format, video_devices
 from guest_io import JOB, RESULTS, mark, product_env, sh, step
+from sound_steps import top
 
 DAEMONS: list[subprocess.Popen] = []
 
@@ -76,4 +77,4 @@ def daemon_threads() -> str:
     """The newest daemon's threads and their CPU (top -H)."""
     if not DAEMONS:
         return ""
-    return sh("top", "-H", "-b", "-n", "1", "-w", "200", "-p", str(DAEMONS[-1].pid), keep=4000)["stdout"]
+    return top("-H", "-w", "200", "-p", str(DAEMONS[-1].pid))[:4000]

@@ -96,9 +96,15 @@ def loudness(path: Path) -> dict:
             "blocks_over_0.01": int((rms > 0.01).sum())}
 
 
+def top(*args: str) -> str:
+    """top's second frame: the first shows each task's CPU averaged since it started (the imports, for a Python)."""
+    out = sh("top", "-b", "-n", "2", "-d", "3", *args, keep=100000)["stdout"]
+    return out[out.rfind("top - "):]
+
+
 def sound_state() -> dict:
     """Who uses the CPU and what the sound server holds for whom (its buffers, per stream)."""
     env = product_env()
-    return {"top": sh("sh", "-c", "top -b -n 1 -w 200 | head -30", env=env, keep=4000)["stdout"],
+    return {"top": top("-w", "200")[:4000],
             "sink_inputs": sh("pactl", "list", "sink-inputs", env=env, keep=6000)["stdout"],
             "source_outputs": sh("pactl", "list", "source-outputs", env=env, keep=8000)["stdout"]}
