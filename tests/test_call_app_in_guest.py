@@ -37,9 +37,10 @@ LAG_BOUND_MS = 1500  # voice onset to mouth opening, as Chromium received both (
 @pytest.fixture(scope="module")
 def guest():
     if os.environ.get(ENABLE) != "1":
-        pytest.skip(f"the guest test is not green yet: in the emulated guest the microphone's sound reaches the "
-                    f"daemon 20-60 s late, so the voice checks fail (a run takes ~5 min on a quiet host); run it "
-                    f"with {ENABLE}=1 bash tests/run.sh -k call_app_in_guest -s -rs")
+        pytest.skip(f"the guest test is not green yet: in the emulated guest the daemon cannot keep real time "
+                    f"(0.9-1.5 of 5 frames a second; the voice and mouth Chromium gets fall 20-80 s behind the "
+                    f"microphone), so the voice checks fail (a run takes 5-13 min); run it with "
+                    f"{ENABLE}=1 bash tests/run.sh -k call_app_in_guest -s -rs")
     try:
         qemu_available()
         build_kit()
