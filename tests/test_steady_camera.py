@@ -220,3 +220,41 @@ def test_the_budget_counts_the_whole_process(random_checkpoint, tmp_path, astron
     assert allowed["busy"] < 0.6 * allowed["before"], allowed
     assert allowed["busy"] >= 0.9 * floor / 0.1, allowed  # (no inference costs 100 ms of CPU here)
     assert allowed["after"] > 0.75 * allowed["before"], allowed
+
+
+class SlowSink:
+    """A sink that takes 50 ms a frame on the frame thread: drawing and sending at most 20 frames a second, for a
+    30 fps camera. It stands in for a machine too slow or too busy to draw at the camera's rate."""
+
+    def send(self, frame) -> None:
+        time.sleep(0.05)
+
+    def close(self) -> None:
+        pass
+
+
+def test_when_drawing_cannot_keep_up_the_camera_skips_ahead_and_stays_with_the_voice(astronaut_png, talking):
+    """Without a bound, each frame waited its turn and the picture fell further and further behind the voice (an
+    emulated guest: 15 s behind after a minute, and Avatar Cam Microphone's delay followed)."""
+    from avatar_cam.lipsync.lite import LiteLipSync
+    from avatar_cam.live.pipeline import MAX_BACKLOG_S
+
+    clock = FrameClock(FPS)
+    renderer = FrameRenderer(LiteLipSync(), Portrait.load(astronaut_png), SIZE, clock, idle=IdleSettings.off())
+    ring = AudioRing(seconds=60)
+    pipe = LivePipeline(renderer, [SlowSink()], ring, clock, performance=performance("balanced"))
+    source = FileSource(talking, ring, realtime=True)
+    runner = threading.Thread(target=pipe.run, name="frames")
+    runner.start()
+    source.start()
+    time.sleep(8.0)
+    pipe.stop()
+    runner.join(10)
+    source.stop()
+    live = [r for r in pipe.stats.records if r.index >= 0]
+    indices = [r.index for r in live]
+    assert indices == sorted(set(indices)) and pipe.skipped > 0  # in order, never twice; some never drawn
+    assert len(live) > 8.0 * 15  # still ~20 frames a second: the camera runs as fast as it can
+    # The lag (sound heard -> frame sent) stays bounded: after 8 s it was 2.9 s and growing without the bound.
+    lag = np.array([r.emitted - r.heard for r in live if r.heard is not None and r.emitted > live[-1].emitted - 3.0])
+    assert np.percentile(lag, 95) < MAX_BACKLOG_S + clock.lookahead_s + 0.2, np.percentile(lag, 95)

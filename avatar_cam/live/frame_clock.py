@@ -39,6 +39,15 @@ class FrameClock:
         # Column j spans samples [200j - 400, 200j + 400); column 0's reflect padding needs 401 samples.
         return max(N_FFT // 2 + 1, last_col * HOP + N_FFT // 2)
 
+    def newest_ready(self, samples: int) -> int:
+        """The last frame that `samples` samples of audio are enough to draw (-1 for none yet)."""
+        k = math.floor((samples / SAMPLE_RATE - self.lookahead_s) * self.fps)
+        while self.samples_needed(k + 1) <= samples:
+            k += 1
+        while k >= 0 and self.samples_needed(k) > samples:
+            k -= 1
+        return max(k, -1)
+
     def audio_span(self, k: int) -> tuple[int, int]:
         """Sample range [a, b) that frame k's mel window covers; the voice gate listens to the same audio."""
         start = self.mel_start(k)

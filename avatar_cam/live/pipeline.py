@@ -7,9 +7,10 @@ thread only through `request_*` methods, which take effect between two frames.
 
 The camera's cadence never depends on inference. Frame k's slot is the moment the audio it needs has arrived
 (see `FrameClock`) plus a short wait for its mouth (at most most of a frame period), so frames follow the audio
-clock exactly and never drift from it, and none is skipped. At its slot a frame shows the newest mouth there is:
-its own when the "mouths" thread kept up, an earlier one when the machine is busy (the mouth rate falls, not the
-frame rate). The Lite engine is cheap and draws its mouth on the frame thread, for every frame.
+clock exactly and never drift from it, and none is skipped (unless drawing itself cannot keep up with the
+camera's rate: then the frame thread skips ahead, and the lag stays bounded, see `_catch_up`). At its slot a frame
+shows the newest mouth there is: its own when the "mouths" thread kept up, an earlier one when the machine is busy
+(the mouth rate falls, not the frame rate). The Lite engine is cheap and draws its mouth on the frame thread, for every frame.
 A frame leaves at its slot, or, when `pace` is set (the virtual microphone sets it), when the voice it shows
 plays: then the lips meet the voice to the millisecond, not to the frame. Paced frames wait on a sender thread,
 so the frame thread draws the next one meanwhile; the sinks are only ever used by one thread at a time
@@ -41,6 +42,10 @@ from avatar_cam.live.renderer import FrameRenderer
 log = logging.getLogger(__name__)
 
 MAX_HOLD_S = 0.1  # pacing never holds a frame longer than this (a wrong clock must not freeze the camera)
+# The frame thread skips ahead when frames this far past the one it is on could already be drawn: drawing itself
+# cannot keep up (a machine too slow or too busy for the camera's rate). Longer than any wait of its own (a paced
+# frame waits for its mouth up to MAX_HOLD_S + 0.2 s after its audio), so only a real backlog is skipped.
+MAX_BACKLOG_S = 0.5
 PACED_DRAW_S = 0.008  # a paced frame stops waiting for its own mouth this long before its voice plays
 
 
@@ -77,6 +82,8 @@ class LivePipeline:
         self._cols = MelColumns()
         self._consumed = 0
         self.next_frame = 0
+        self.skipped = 0  # frames skipped because drawing could not keep up (`_catch_up`)
+        self._skip_logged = float("-inf")
         self._idle_index = 0  # frame counter for idle motion while no audio arrives
         self.sink_errors: dict[str, str] = {}  # sink class name -> its last send failure (frame thread writes)
         self._sink_failures: dict[str, int] = {}
@@ -220,6 +227,8 @@ class LivePipeline:
             if self.audio_stalled:
                 log.info("audio is back")
                 self.audio_stalled = False
+            k = self._catch_up(k)
+            need = clock.samples_needed(k)
             ready = ring.written_time(need - 1) or time.monotonic()
             self._pull_audio()
             a, b = clock.audio_span(k)
@@ -234,6 +243,25 @@ class LivePipeline:
             self._send(frame, rec)
             last_emit = time.monotonic()
             self.next_frame = k + 1
+
+    def _catch_up(self, k: int) -> int:
+        """The frame to draw next: k, or, when the audio of frames more than MAX_BACKLOG_S past k has arrived
+        already, the newest frame that can be drawn. The skipped frames never leave (the camera's rate drops for a
+        moment, and the lips stay with the voice instead of falling further and further behind it, with Avatar
+        Cam Microphone's delay following them); the voice gate still hears their audio, in order."""
+        clock = self.clock
+        newest = clock.newest_ready(self.ring.total)
+        if self.every_mouth or newest - k <= MAX_BACKLOG_S * clock.fps:  # (every_mouth: every frame, however long)
+            return k
+        for j in range(k, newest):
+            a, b = clock.audio_span(j)
+            self.renderer.gate_frame(j, self.ring.read(max(a, 0), max(b, 0) - max(a, 0)), self.paused)
+        self.skipped += newest - k
+        if time.monotonic() - self._skip_logged > 30.0:
+            self._skip_logged = time.monotonic()
+            log.warning("drawing cannot keep up with the camera's rate: %d frames skipped so far to stay with the "
+                        "voice (a busy or slow machine; the Lite engine or a smaller size draws faster)", self.skipped)
+        return newest
 
     def _draw_with_mouths(self, k: int, window: np.ndarray, audio: np.ndarray, ready: float):
         """Frame k at its slot, with the newest mouth the "mouths" thread has drawn by then (see mouths.py)."""
