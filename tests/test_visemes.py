@@ -134,3 +134,13 @@ def test_an_ensemble_file_averages_its_members_probabilities(tmp_path):
     a, b, ab = (VisemeEstimator.load(tmp_path / f"{n}.npz").probabilities(mels) for n in ("a", "b", "ab"))
     assert not np.allclose(a, b, atol=1e-3)
     assert np.allclose(ab, (a + b) / 2, atol=1e-6)
+
+
+def test_the_estimator_keeps_numpy_blas_on_the_calling_thread():
+    """Its products are small and 30 a second: OpenBLAS spread them over every core and its threads spun between
+    them (the Lite camera took 108% of a core instead of 20%, `bench live --engine lite`)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):  # as a fresh process on this 2-core machine starts
+        VisemeEstimator.load()
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")

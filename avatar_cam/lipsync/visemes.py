@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar_cam.thread_priority import one_blas_thread
+
 SHAPES = ("rest", "closed", "lip_teeth", "rounded", "open", "mid", "spread")
 WEIGHTS = Path(__file__).with_name("visemes.npz")
 
@@ -48,6 +50,7 @@ class VisemeEstimator:
         self._rest = [[(w.astype(np.float32), b.astype(np.float32)) for w, b in ls[1:]] for ls, _, _ in members]
         self.smoothing = float(smoothing)
         self.reset()
+        one_blas_thread()  # a frame's products are small: BLAS threads would spin more than they compute
 
     @classmethod
     def load(cls, path: Path | str = WEIGHTS, smoothing: float = 0.0) -> VisemeEstimator:

@@ -38,6 +38,7 @@ from avatar_cam.live.performance import Performance
 from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.records import FrameRecord, PipelineStats
 from avatar_cam.live.renderer import FrameRenderer
+from avatar_cam.thread_priority import one_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class LivePipeline:
         # A frame's OpenCV work is a millisecond or two: OpenCV's thread pool would add ~70% more CPU to it for
         # little time saved, and wake threads that OpenVINO's inference needs. (This is process-wide.)
         cv2.setNumThreads(1)
+        one_blas_thread()  # the same for numpy's BLAS (the mel's products, the Lite engine's mouth shapes)
         try:
             self._draw_frames()
         finally:
