@@ -101,16 +101,26 @@ def test_a_late_look_while_frames_were_drawn_counts_at_most_two_looks():
     assert look(ctl, frames, t) is not None
 
 
-def test_reopen_attempts_back_off_and_start_again_once_sound_is_back():
-    ctl, ring, frames = watched()
+def reopen_attempts(ctl, ring, frames, until: float, delivers_s: float = 0.0) -> tuple[float, list[float]]:
+    """Watch a silent microphone from t=100 s to `until`; each reopen gives a stream that delivers sound for
+    `delivers_s`, then none. Returns the time reached and when each reopen happened."""
     t, attempts = 100.0, []
-    while t < 160:
+    while t < until:
         t += WATCH
         if look(ctl, frames, t) is not None:
             attempts.append(t)
-            # The reopen gave a stream that delivers nothing again (what a starved CPU or a dead device does).
             ctl._mic = SimpleNamespace(status="running")
             ctl._mic_opened(t, ring.total)
+            for _ in range(round(delivers_s / WATCH)):
+                t += WATCH
+                look(ctl, frames, t, ring, samples=4000)
+    return t, attempts
+
+
+def test_reopen_attempts_back_off_and_start_again_once_sound_is_back():
+    ctl, ring, frames = watched()
+    # Each reopen gives a stream that delivers nothing again (what a starved CPU or a dead device does).
+    t, attempts = reopen_attempts(ctl, ring, frames, until=160.0)
     # Each new stream has its grace first; beyond it, the waits double up to the cap.
     waits = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
     assert all(b >= a - WATCH for a, b in zip(waits, waits[1:], strict=False)), waits
@@ -131,16 +141,7 @@ def test_a_microphone_that_comes_back_and_stalls_again_is_not_reopened_every_few
     # The emulated guest: a reopened stream delivered for a few seconds and stalled again; its "back" reset the
     # back-off, so it was reopened every ~5 s, each reopen costing 6-10 s of silence there.
     ctl, ring, frames = watched()
-    t, attempts = 100.0, []
-    while t < 220:
-        t += WATCH
-        if look(ctl, frames, t) is not None:
-            attempts.append(t)
-            ctl._mic = SimpleNamespace(status="running")
-            ctl._mic_opened(t, ring.total)
-            for _ in range(16):  # the new stream delivers for 4 s, then stalls again
-                t += WATCH
-                look(ctl, frames, t, ring, samples=4000)
+    _, attempts = reopen_attempts(ctl, ring, frames, until=220.0, delivers_s=4.0)  # then stalls again
     waits = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
     assert waits[-1] >= ctl.MIC_RETRY_MAX_S, waits  # backed off to the cap, not reset by each short return
     assert len(attempts) <= 14, attempts  # 12 here; resetting at every return reopened it 23 times (every 5.25 s)
