@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import camera_recorder
+import cv2
+import numpy as np
 import pytest
+from tray_desktop import (
+    NOTIFY_SERVER,
+    SCREEN,
+    TIMEOUT,
+    TRAY_HEIGHT,
+    TRAY_WIDTH,
+    Desktop,
+    RecentFramesCamera,
+    read_line,
+    release_gtk,
+    stop_all,
+    tray_manager_running,
+)
 
+from avatar_cam.daemon.photos import photos_dir
 from avatar_cam.wav2lip.arch import random_state_dict
 from avatar_cam.wav2lip.checkpoint import write_checkpoint
 
@@ -108,3 +131,98 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+# --- the tray tests' virtual desktop (tray_desktop.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def desktop(tmp_path_factory: pytest.TempPathFactory):
+    missing = [t for t in ("Xvfb", "trayer", "xdotool", "import", "dbus-daemon") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install them (tests/run.sh lists the packages)", pytrace=False)
+    workdir = tmp_path_factory.mktemp("desktop")
+    procs: list[subprocess.Popen] = []
+    logs = open(workdir / "desktop.log", "wb")  # noqa: SIM115 - closed in finally
+    try:
+        r, w = os.pipe()  # Xvfb picks a free display number and writes it here
+        procs.append(subprocess.Popen(
+            ["Xvfb", "-displayfd", str(w), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+            pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logs, stderr=logs))
+        os.close(w)
+        with os.fdopen(r, "rb") as numbers:
+            display = ":" + read_line(numbers, TIMEOUT, "Xvfb")
+        env = {**os.environ, "DISPLAY": display, "NO_AT_BRIDGE": "1"}
+        dbus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logs, env=env)
+        procs.append(dbus)
+        env["DBUS_SESSION_BUS_ADDRESS"] = read_line(dbus.stdout, TIMEOUT, "dbus-daemon")
+        notifications = workdir / "notifications.jsonl"
+        notifyd = subprocess.Popen([sys.executable, "-c", NOTIFY_SERVER, str(notifications)], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logs)
+        procs.append(notifyd)
+        assert read_line(notifyd.stdout, TIMEOUT, "the notification server") == "ready"
+        procs.append(subprocess.Popen(
+            ["trayer", "--edge", "top", "--align", "left", "--widthtype", "pixel", "--width", str(TRAY_WIDTH),
+             "--height", str(TRAY_HEIGHT), "--transparent", "false", "--expand", "false"],
+            env=env, stdin=subprocess.DEVNULL, stdout=logs, stderr=logs))
+        deadline = time.monotonic() + TIMEOUT
+        while not tray_manager_running(display):
+            assert time.monotonic() < deadline, f"trayer never took the tray: {(workdir / 'desktop.log').read_text()}"
+            time.sleep(0.05)
+        with pytest.MonkeyPatch.context() as mp:
+            for var in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "NO_AT_BRIDGE"):
+                mp.setenv(var, env[var])
+            mp.delenv("PYSTRAY_BACKEND", raising=False)
+            yield Desktop(display, workdir, notifications)
+            # Icons left for the garbage collector must go while their display lives: pystray's Xlib icon
+            # raises from __del__ otherwise, and a traceback formatted inside a GC pass inside ast.parse
+            # breaks CPython 3.11's AST recursion check ("AST constructor recursion depth mismatch").
+            gc.collect()
+            release_gtk()
+    finally:
+        stop_all(procs)
+        logs.close()
+    assert all(p.poll() is not None for p in procs)
+
+
+@pytest.fixture()
+def camera_backend():
+    camera_recorder.register()
+    import pyvirtualcam
+
+    pyvirtualcam.register_backend(camera_recorder.BACKEND, RecentFramesCamera)
+    return RecentFramesCamera
+
+
+@pytest.fixture()
+def photos(astronaut_png: Path) -> tuple[Path, Path]:
+    """The astronaut in the library, and a mirrored astronaut (a different picture of a face) beside it."""
+    folder = photos_dir()
+    folder.mkdir(parents=True)
+    first = folder / "astronaut.png"
+    shutil.copy(astronaut_png, first)
+    mirrored = folder.parent / "astronaut-mirrored.png"  # dropped into the folder later, by the test
+    cv2.imwrite(str(mirrored), np.ascontiguousarray(cv2.imread(str(astronaut_png))[:, ::-1]))
+    return first, mirrored
+
+
+@pytest.fixture()
+def still_idle(monkeypatch: pytest.MonkeyPatch):
+    """No idle motion (blinks, sway), so the idle face is one fixed picture that paused frames must equal.
+
+    Settings carry the user's choice; the renderer default is patched too, for a controller that does not pass
+    those settings on yet."""
+    from avatar_cam.live import renderer
+    from avatar_cam.video.idle_motion import IdleSettings
+
+    monkeypatch.setattr(renderer, "IdleSettings", IdleSettings.off)
+    return {"idle_blinks": False, "idle_head_motion": False, "idle_breathing": False}
+
+
+@pytest.fixture(scope="module")
+def long_speech(speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test speech three times over (~20 s), so it is still playing through every step that needs it."""
+    out = tmp_path_factory.mktemp("speech") / "speech_x3.wav"
+    subprocess.run(["sox", str(speech_wav), str(speech_wav), str(speech_wav), str(out)], check=True)
+    return out

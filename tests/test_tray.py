@@ -1,4 +1,5 @@
-"""The real tray on a virtual screen (/work/shared/TESTING.md, "Tray under a virtual screen").
+"""The real tray on a virtual screen (/work/shared/TESTING.md, "Tray under a virtual screen"; the desktop and the
+helpers are tray_desktop.py's, its fixtures conftest.py's).
 
 Real: Xvfb, trayer (an XEmbed system tray), a private D-Bus session bus, pystray's GTK backend with its
 right-click menu (opened and clicked with xdotool), the controller, the lite engine and a PulseAudio
@@ -12,20 +13,13 @@ each test runs the tray there (`app.run()`) and drives it from a second thread (
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import gc
-import json
 import os
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import camera_recorder
@@ -34,7 +28,21 @@ import numpy as np
 import pytest
 from helpers import wait_for
 from PIL import Image
-from pulse import terminate
+from tray_desktop import (
+    RUN_PRODUCT,
+    TIMEOUT,
+    Desktop,
+    RecentFramesCamera,
+    badge_pixels,
+    click,
+    find_icon,
+    is_checked,
+    mean_difference,
+    menu_item,
+    menu_rows,
+    run_tray,
+    xdotool,
+)
 
 from avatar_cam import paths
 from avatar_cam.daemon.controller import Controller
@@ -47,326 +55,6 @@ from avatar_cam.tray import backends
 pytestmark = [pytest.mark.filterwarnings(r"ignore:(Gtk|AyatanaAppIndicator3)\..* is deprecated"),
               pytest.mark.filterwarnings(r"ignore:GObject\.idle_add is deprecated")]
 
-RUN_PRODUCT = Path(__file__).with_name("run_product.py")  # the real CLI with the recording camera registered
-TRAY_HEIGHT = 32
-TRAY_WIDTH = 200
-SCREEN = (640, 480)
-TIMEOUT = 30.0  # generous: a loaded 2-core CI machine
-NOTIFY_SERVER = r'''
-import json, sys
-from gi.repository import Gio, GLib
-XML = """<node><interface name="org.freedesktop.Notifications">
-<method name="Notify"><arg type="s" direction="in"/><arg type="u" direction="in"/><arg type="s" direction="in"/>
-<arg type="s" direction="in"/><arg type="s" direction="in"/><arg type="as" direction="in"/>
-<arg type="a{sv}" direction="in"/><arg type="i" direction="in"/><arg type="u" direction="out"/></method>
-<method name="CloseNotification"><arg type="u" direction="in"/></method>
-<method name="GetCapabilities"><arg type="as" direction="out"/></method>
-<method name="GetServerInformation"><arg type="s" direction="out"/><arg type="s" direction="out"/>
-<arg type="s" direction="out"/><arg type="s" direction="out"/></method>
-</interface></node>"""
-node = Gio.DBusNodeInfo.new_for_xml(XML)
-log = open(sys.argv[1], "a")
-shown = [0]
-def call(conn, sender, path, iface, method, params, invocation):
-    if method == "Notify":
-        values = params.unpack()
-        shown[0] += 1
-        log.write(json.dumps({"title": values[3], "message": values[4]}) + "\n")
-        log.flush()
-        invocation.return_value(GLib.Variant("(u)", (shown[0],)))
-    elif method == "GetCapabilities":
-        invocation.return_value(GLib.Variant("(as)", (["body"],)))
-    elif method == "GetServerInformation":
-        invocation.return_value(GLib.Variant("(ssss)", ("test", "avatar-cam tests", "1", "1.2")))
-    else:
-        invocation.return_value(None)
-def bus(conn, name):
-    conn.register_object("/org/freedesktop/Notifications", node.interfaces[0], call, None, None)
-def owned(conn, name):
-    print("ready", flush=True)
-Gio.bus_own_name(Gio.BusType.SESSION, "org.freedesktop.Notifications", Gio.BusNameOwnerFlags.NONE, bus, owned,
-                 lambda *a: sys.exit("lost the notification name"))
-GLib.MainLoop().run()
-'''
-
-
-# --- the virtual desktop ------------------------------------------------------------------------------
-
-
-@dataclass
-class Desktop:
-    display: str
-    workdir: Path
-    notifications_file: Path
-
-    def screenshot(self, name: str) -> np.ndarray:
-        """The whole screen as RGB, also kept as <workdir>/<name>.png to look at."""
-        path = self.workdir / f"{name}.png"
-        subprocess.run(["import", "-window", "root", str(path)], check=True, timeout=30)
-        return np.asarray(Image.open(path).convert("RGB"))
-
-    def notifications(self) -> list[dict]:
-        if not self.notifications_file.exists():
-            return []
-        return [json.loads(line) for line in self.notifications_file.read_text().splitlines() if line.strip()]
-
-
-def _read_line(stream, timeout: float, what: str) -> str:
-    if not select.select([stream], [], [], timeout)[0]:
-        raise RuntimeError(f"{what} said nothing within {timeout} s")
-    return stream.readline().decode().strip()
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in reversed(procs):
-        terminate(proc)
-
-
-def _tray_manager_running(display: str) -> bool:
-    import Xlib.display
-    import Xlib.X
-
-    d = Xlib.display.Display(display)
-    try:
-        return d.get_selection_owner(d.intern_atom("_NET_SYSTEM_TRAY_S0")) != Xlib.X.NONE
-    finally:
-        d.close()
-
-
-def _release_gtk() -> None:
-    """Close GTK's connection to the display we are about to kill (else GTK exits the process later)."""
-    if "gi.repository.Gdk" in sys.modules or "gi.repository.Gtk" in sys.modules:
-        from gi.repository import Gdk
-
-        display = Gdk.Display.get_default()
-        if display is not None:
-            with warnings.catch_warnings():  # GLib complains about widgets it disposes on the way: harmless
-                warnings.simplefilter("ignore")
-                display.close()
-
-
-@pytest.fixture(scope="module")
-def desktop(tmp_path_factory: pytest.TempPathFactory):
-    missing = [t for t in ("Xvfb", "trayer", "xdotool", "import", "dbus-daemon") if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: install them (tests/run.sh lists the packages)", pytrace=False)
-    workdir = tmp_path_factory.mktemp("desktop")
-    procs: list[subprocess.Popen] = []
-    logs = open(workdir / "desktop.log", "wb")  # noqa: SIM115 - closed in finally
-    try:
-        r, w = os.pipe()  # Xvfb picks a free display number and writes it here
-        procs.append(subprocess.Popen(
-            ["Xvfb", "-displayfd", str(w), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
-            pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logs, stderr=logs))
-        os.close(w)
-        with os.fdopen(r, "rb") as numbers:
-            display = ":" + _read_line(numbers, TIMEOUT, "Xvfb")
-        env = {**os.environ, "DISPLAY": display, "NO_AT_BRIDGE": "1"}
-        dbus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logs, env=env)
-        procs.append(dbus)
-        env["DBUS_SESSION_BUS_ADDRESS"] = _read_line(dbus.stdout, TIMEOUT, "dbus-daemon")
-        notifications = workdir / "notifications.jsonl"
-        notifyd = subprocess.Popen([sys.executable, "-c", NOTIFY_SERVER, str(notifications)], env=env,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logs)
-        procs.append(notifyd)
-        assert _read_line(notifyd.stdout, TIMEOUT, "the notification server") == "ready"
-        procs.append(subprocess.Popen(
-            ["trayer", "--edge", "top", "--align", "left", "--widthtype", "pixel", "--width", str(TRAY_WIDTH),
-             "--height", str(TRAY_HEIGHT), "--transparent", "false", "--expand", "false"],
-            env=env, stdin=subprocess.DEVNULL, stdout=logs, stderr=logs))
-        deadline = time.monotonic() + TIMEOUT
-        while not _tray_manager_running(display):
-            assert time.monotonic() < deadline, f"trayer never took the tray: {(workdir / 'desktop.log').read_text()}"
-            time.sleep(0.05)
-        with pytest.MonkeyPatch.context() as mp:
-            for var in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "NO_AT_BRIDGE"):
-                mp.setenv(var, env[var])
-            mp.delenv("PYSTRAY_BACKEND", raising=False)
-            yield Desktop(display, workdir, notifications)
-            # Icons left for the garbage collector must go while their display lives: pystray's Xlib icon
-            # raises from __del__ otherwise, and a traceback formatted inside a GC pass inside ast.parse
-            # breaks CPython 3.11's AST recursion check ("AST constructor recursion depth mismatch").
-            gc.collect()
-            _release_gtk()
-    finally:
-        _stop(procs)
-        logs.close()
-    assert all(p.poll() is not None for p in procs)
-
-
-# --- the camera, the tray and its menu ------------------------------------------------------------------
-
-
-class RecentFramesCamera(camera_recorder.RecordingCamera):
-    """The recording camera, keeping only recent frames (a whole test at 15 fps would be hundreds of MB)."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.frames = collections.deque(maxlen=150)
-        self.lock = threading.Lock()
-
-    def send(self, frame) -> None:
-        with self.lock:
-            self.times.append(time.monotonic())
-            self.frames.append((self.times[-1], np.asarray(frame).reshape(self.shape).copy()))
-
-    def since(self, t: float) -> list[tuple[float, np.ndarray]]:
-        with self.lock:
-            return [(ft, f) for ft, f in self.frames if ft > t]
-
-
-@pytest.fixture()
-def camera_backend():
-    camera_recorder.register()
-    import pyvirtualcam
-
-    pyvirtualcam.register_backend(camera_recorder.BACKEND, RecentFramesCamera)
-    return RecentFramesCamera
-
-
-def menu_item(app: tray.TrayApp, *texts: str):
-    """The pystray item at a path of labels, e.g. ("Photo", "b.png")."""
-    menu = app.icon.menu
-    for i, text in enumerate(texts):
-        found = [item for item in menu if item.text == text]
-        assert found, f"no {text!r} in the menu; it has {[item.text for item in menu]}"
-        if i < len(texts) - 1:
-            menu = found[0].submenu
-    return found[0]
-
-
-def is_checked(app: tray.TrayApp, *texts: str) -> bool:
-    """Whether the item exists and is checked (False while the menu does not list it yet)."""
-    try:
-        return bool(menu_item(app, *texts).checked)
-    except AssertionError:
-        return False
-
-
-def click(app: tray.TrayApp, *texts: str) -> float:
-    """Activate a menu item as its click would (the action runs on the command thread); returns when."""
-    t = time.monotonic()
-    menu_item(app, *texts)(app.icon)
-    return t
-
-
-def run_tray(app: tray.TrayApp, drive) -> None:
-    """Run the tray on this (the main) thread while `drive()` runs on another; re-raise what `drive` raised."""
-    failure: list[BaseException] = []
-
-    def driver() -> None:
-        try:
-            drive()
-        except BaseException as exc:  # noqa: BLE001 - reported on the main thread below
-            failure.append(exc)
-            app.quit()
-
-    watchdog = threading.Timer(240, app.stop)  # a hung test must still end
-    watchdog.start()
-    thread = threading.Thread(target=driver, name="test-driver", daemon=True)
-    thread.start()
-    try:
-        assert app.run() == 0
-    finally:
-        watchdog.cancel()
-        thread.join(TIMEOUT)
-        # The tray's own threads end soon after it (then the fixture's gc.collect can free the icon).
-        for t in threading.enumerate():
-            if t.name.startswith("tray-"):
-                t.join(TIMEOUT)
-    if failure:
-        raise failure[0]
-    assert not thread.is_alive(), "the test driver did not finish"
-
-
-def find_icon(shot: np.ndarray, state: str, size: int = 24) -> tuple[int, int] | None:
-    """(x, y) of the top-left corner where the tray shows the `state` icon, or None.
-
-    Every opaque pixel must match exactly (within 2/255); the anti-aliased rim is left out, as backends blend it
-    with the panel differently (pystray's Xlib backend has no alpha)."""
-    strip = shot[:TRAY_HEIGHT, :TRAY_WIDTH].astype(np.int16)
-    icon = np.asarray(backends.icon_image(state, size)).astype(np.int16)
-    opaque = icon[..., 3] == 255
-    want = icon[..., :3][opaque]
-    for y in range(TRAY_HEIGHT - size + 1):
-        for x in range(TRAY_WIDTH - size + 1):
-            if np.abs(strip[y : y + size, x : x + size][opaque] - want).max() <= 2:
-                return x, y
-    return None
-
-
-def badge_pixels(shot: np.ndarray, state: str) -> int:
-    """How many tray pixels have the `state` icon's badge colour (its most common opaque colour)."""
-    icon = np.asarray(backends.icon_image(state, 64))
-    colours, counts = np.unique(icon[icon[..., 3] == 255][:, :3], axis=0, return_counts=True)
-    badge = colours[counts.argmax()].astype(int)
-    strip = shot[:TRAY_HEIGHT, :TRAY_WIDTH].astype(int)
-    return int((np.abs(strip - badge).max(axis=2) <= 3).sum())
-
-
-def menu_rows(shot: np.ndarray) -> list[tuple[int, int]]:
-    """The (x, y) centres of the text rows of the open GTK menu (light, on the black root below the tray)."""
-    below = shot[TRAY_HEIGHT:].astype(int)
-    light = below.min(axis=2) > 200
-    ys, xs = np.nonzero(light)
-    assert len(ys), "no menu on the screen"
-    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
-    inside = below[top + 2 : bottom - 1, left + 4 : right - 4]
-    ink = (inside.max(axis=2) < 200).any(axis=1)  # rows with text, checkboxes or arrows
-    rows, start = [], None
-    for y, on in enumerate([*ink, False]):
-        if on and start is None:
-            start = y
-        elif not on and start is not None:
-            if y - start >= 5:  # separators are 1-2 px lines
-                rows.append((left + 40, TRAY_HEIGHT + top + 2 + (start + y) // 2))
-            start = None
-    return rows
-
-
-def xdotool(*args: str) -> None:
-    subprocess.run(["xdotool", *args], check=True, timeout=30)
-
-
-def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
-
-
-@pytest.fixture()
-def photos(astronaut_png: Path) -> tuple[Path, Path]:
-    """The astronaut in the library, and a mirrored astronaut (a different picture of a face) beside it."""
-    folder = photos_dir()
-    folder.mkdir(parents=True)
-    first = folder / "astronaut.png"
-    shutil.copy(astronaut_png, first)
-    mirrored = folder.parent / "astronaut-mirrored.png"  # dropped into the folder later, by the test
-    cv2.imwrite(str(mirrored), np.ascontiguousarray(cv2.imread(str(astronaut_png))[:, ::-1]))
-    return first, mirrored
-
-
-@pytest.fixture()
-def still_idle(monkeypatch: pytest.MonkeyPatch):
-    """No idle motion (blinks, sway), so the idle face is one fixed picture that paused frames must equal.
-
-    Settings carry the user's choice; the renderer default is patched too, for a controller that does not pass
-    those settings on yet."""
-    from avatar_cam.live import renderer
-    from avatar_cam.video.idle_motion import IdleSettings
-
-    monkeypatch.setattr(renderer, "IdleSettings", IdleSettings.off)
-    return {"idle_blinks": False, "idle_head_motion": False, "idle_breathing": False}
-
-
-@pytest.fixture(scope="module")
-def long_speech(speech_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test speech three times over (~20 s), so it is still playing through every step that needs it."""
-    out = tmp_path_factory.mktemp("speech") / "speech_x3.wav"
-    subprocess.run(["sox", str(speech_wav), str(speech_wav), str(speech_wav), str(out)], check=True)
-    return out
-
-
-# --- tests ----------------------------------------------------------------------------------------------
 
 
 def test_backend_choice_follows_the_desktop():
