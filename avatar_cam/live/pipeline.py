@@ -22,6 +22,7 @@ sees a frozen or closed camera.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -233,8 +234,7 @@ class LivePipeline:
             need = clock.samples_needed(k)
             ready = ring.written_time(need - 1) or time.monotonic()
             self._pull_audio()
-            a, b = clock.audio_span(k)
-            audio = ring.read(max(a, 0), max(b, 0) - max(a, 0))
+            audio = self._frame_audio(k)
             window = self._cols.window(clock.mel_start(k))
             if self.every_mouth or self.renderer.draws_inline:
                 started = time.monotonic()
@@ -251,19 +251,24 @@ class LivePipeline:
         already, the newest frame that can be drawn. The skipped frames never leave (the camera's rate drops for a
         moment, and the lips stay with the voice instead of falling further and further behind it, with Avatar
         Cam Microphone's delay following them); the voice gate still hears their audio, in order."""
-        clock = self.clock
-        newest = clock.newest_ready(self.ring.total)
-        if self.every_mouth or newest - k <= MAX_BACKLOG_S * clock.fps:  # (every_mouth: every frame, however long)
+        clock, total = self.clock, self.ring.total
+        # (every_mouth: every frame, however long it takes)
+        if self.every_mouth or clock.samples_needed(k + math.floor(MAX_BACKLOG_S * clock.fps) + 1) > total:
             return k
+        newest = clock.newest_ready(total)
         for j in range(k, newest):
-            a, b = clock.audio_span(j)
-            self.renderer.gate_frame(j, self.ring.read(max(a, 0), max(b, 0) - max(a, 0)), self.paused)
+            self.renderer.gate_frame(j, self._frame_audio(j), self.paused)
         self.skipped += newest - k
         if time.monotonic() - self._skip_logged > 30.0:
             self._skip_logged = time.monotonic()
             log.warning("drawing cannot keep up with the camera's rate: %d frames skipped so far to stay with the "
                         "voice (a busy or slow machine; the Lite engine or a smaller size draws faster)", self.skipped)
         return newest
+
+    def _frame_audio(self, k: int) -> np.ndarray:
+        """The audio frame k's mel window covers (what the voice gate listens to)."""
+        a, b = self.clock.audio_span(k)
+        return self.ring.read(max(a, 0), max(b, 0) - max(a, 0))
 
     def _draw_with_mouths(self, k: int, window: np.ndarray, audio: np.ndarray, ready: float):
         """Frame k at its slot, with the newest mouth the "mouths" thread has drawn by then (see mouths.py)."""

@@ -127,10 +127,6 @@ class FrameRenderer:
         if new.compositor.portrait is not old.compositor.portrait or new.lipsync is not old.lipsync:
             self.generation += 1  # (the same face and engine: the mouths drawn already stay good)
 
-    def change(self, **wanted) -> None:
-        """`prepare` and `use` at once: on the frame thread, or before frames run."""
-        self.use(self.prepare(**wanted))
-
     @property
     def draws_inline(self) -> bool:
         """Whether the engine is cheap and keeps state over talking frames in order (the Lite engine draws its
