@@ -301,7 +301,7 @@ def test_without_a_sound_server_the_errors_say_what_to_do(monkeypatch, tmp_path)
     assert "pulseaudio" in err.value.hint
 
 
-def test_bench_av_sync_measures_voice_against_lips(pulse_server, random_checkpoint, astronaut_png, capsys):
+def test_bench_av_sync_measures_voice_against_lips(pulse_server, astronaut_png, capsys):
     import argparse
     import json
 
@@ -309,19 +309,20 @@ def test_bench_av_sync_measures_voice_against_lips(pulse_server, random_checkpoi
 
     parser = argparse.ArgumentParser()
     av_sync.register(parser.add_subparsers())
-    # smooth: a mouth for every frame, so the offset measures the pacing, not balanced's mouth-rate cap (whose
-    # lips change at up to 25 Hz and lag the voice by up to a mouth period: BENCHMARKS.md)
-    args = parser.parse_args(["av-sync", "--seconds", "5", "--size", "320x180", "--json", "--performance", "smooth",
-                              "--photo", str(astronaut_png), "--checkpoint", str(random_checkpoint)])
+    # The Lite engine draws a mouth for every frame in about a millisecond, so nearly every frame shows its own
+    # mouth whatever else the machine is doing and the offsets measure the pacing. (Wav2Lip at a mouth per frame on a
+    # busy CI machine showed its own mouth on only 14 of 127 frames: the others showed an older mouth, which says
+    # how slow the machine was, not whether the bench measures.)
+    args = parser.parse_args(["av-sync", "--seconds", "5", "--size", "320x180", "--json", "--engine", "lite",
+                              "--photo", str(astronaut_png)])
     assert args.func(args) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["frames"] > 40 and r["span_s"] > 2
+    assert r["engine"] == "lite" and r["frames"] > 40 and r["span_s"] > 2
     assert r["voice_similarity_p5"] > 0.8
     assert abs(r["voice_delay_ms_p50"] - r["delay_ms"]) < 15
-    # Frames that show their own mouth leave with their voice to a few ms: the pacing. How many show an older mouth
-    # depends on the machine's load (at load 6 on 2 cores the |offset| p50 of all frames was 29 ms): bounded only
-    # by what no load explains, the voice's own delay (a frame sent unpaced would be ~200 ms early).
-    assert r["own_mouth_frames"] > 20 and r["own_mouth_offset_ms_p50"] < 12, r
+    # Frames that show their own mouth leave with their voice to a few ms (a frame sent unpaced would be ~200 ms
+    # early).
+    assert r["own_mouth_frames"] > r["frames"] / 2 and r["own_mouth_offset_ms_p50"] < 12, r
     assert r["offset_ms_p50"] < 100, r
     for key in ("offset_ms_p95", "drift_ms_per_hour", "drift_ms_per_hour_stderr", "frame_latency_ms_p5_p50_p95"):
         assert key in r

@@ -23,6 +23,7 @@ from avatar_cam.bench.cameras import TIMED_BACKEND, TimedCamera
 from avatar_cam.bench.common import ProcessCpu, answer, bench_renderer, bench_speech, picture_options
 from avatar_cam.bench.sync_analysis import steady_clock, sync_report
 from avatar_cam.errors import AvatarCamError, VirtualMicError
+from avatar_cam.lipsync.registry import ENGINES
 from avatar_cam.live.performance import DEFAULT, MODES
 from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.pipeline import LivePipeline
@@ -39,12 +40,14 @@ def register(kinds) -> None:
     p.add_argument("--offset-ms", type=float, default=0.0, help="manual offset on top of the measured delay")
     p.add_argument("--performance", choices=tuple(MODES), default=DEFAULT,
                    help=f"performance mode (default {DEFAULT}): its mouth rate bounds how closely the lips can follow")
+    p.add_argument("--engine", choices=ENGINES, default="wav2lip",
+                   help="lip-sync engine (default wav2lip; lite draws a mouth for every frame on any machine)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     r = av_sync_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps, args.offset_ms,
-                      args.performance)
+                      args.performance, args.engine)
     return answer(args, r, _print_av_sync)
 
 
@@ -104,13 +107,13 @@ def _wait_until_settled(pipeline, timeout: float = 20.0) -> None:
 
 def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path | None = None,
                   checkpoint: Path | None = None, size: str = "1280x720", fps: float = 30.0,
-                  offset_ms: float = 0.0, performance: str = DEFAULT) -> dict:
+                  offset_ms: float = 0.0, performance: str = DEFAULT, engine: str = "wav2lip") -> dict:
     _need_sound_server()
     pyvirtualcam.register_backend(TIMED_BACKEND, TimedCamera)
     speaker = "avatar_cam_bench_speaker"
     with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        renderer, clock, weights_note = bench_renderer(work, "wav2lip", photo, checkpoint, size, fps, performance)
+        renderer, clock, weights_note = bench_renderer(work, engine, photo, checkpoint, size, fps, performance)
         w, h = renderer.compositor.fmt.width, renderer.compositor.fmt.height
         speech = bench_speech(audio, work, seconds)
 
@@ -177,7 +180,7 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         latency = [lat for k, _, inferred, lat, _, _ in shown if k >= 0 and inferred and lat is not None]
         ready = [d for k, _, inferred, _, d, _ in shown if k >= 0 and inferred and d is not None]
     result.update({
-        "weights": weights_note, "delay_ms": status["delay_ms"], "offset_setting_ms": offset_ms,
+        "engine": engine, "weights": weights_note, "delay_ms": status["delay_ms"], "offset_setting_ms": offset_ms,
         "frame_latency_ms_p5_p50_p95": [round(1000 * float(v), 1) for v in np.percentile(latency, [5, 50, 95])],
         "frame_ready_ms_p5_p50_p95": [round(1000 * float(v), 1) for v in np.percentile(ready, [5, 50, 95])],
         "clock_drift_ppm": status["drift_ppm"], "jumps": status["jumps"], "holds": status["holds"],
