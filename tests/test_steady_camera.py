@@ -138,11 +138,7 @@ def test_changes_mid_inference_cost_no_frame(engine, astronaut_png, talking):
 
     def new_photo(pipe) -> None:
         prepared = pipe.renderer.prepare(portrait=Portrait.load(astronaut_png), lipsync=SlowWav2Lip(engine, 0.5))
-        def use():
-            print("locked at use:", pipe.renderer.engine_lock.locked(), time.monotonic())
-            pipe.renderer.use(prepared)
-            print("used", time.monotonic())
-        pipe.call_between_frames(use)
+        pipe.call_between_frames(lambda: pipe.renderer.use(prepared))
 
     changes = [lambda pipe: pipe.request_performance(performance("balanced")), new_photo,
                lambda pipe: pipe.request_performance(performance("smooth"))]
@@ -158,9 +154,9 @@ def test_changes_mid_inference_cost_no_frame(engine, astronaut_png, talking):
     assert len(switched) == 3 and pipe.performance.name == "smooth" and pipe.renderer.generation == 1
     assert indices == list(range(indices[0], indices[-1] + 1))  # none skipped
     # The camera never paused: no gap between two frames sent of more than a few frame periods (a frame thread
-    # waiting for the inference in progress: 0.3-1 s).
+    # waiting for the inference in progress: 0.3-1 s; room left for a loaded test machine's scheduler).
     gaps = np.diff(cam.times)
-    assert gaps.max() < 0.1, gaps.max()
+    assert gaps.max() < 0.2, gaps.max()
 
 
 def test_with_the_voice_paced_each_frame_leaves_with_the_voice_it_shows(engine, astronaut_png, talking):
