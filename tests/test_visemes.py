@@ -144,3 +144,27 @@ def test_the_estimator_keeps_numpy_blas_on_the_calling_thread():
     with threadpool_limits(limits=2, user_api="blas"):  # as a fresh process on this 2-core machine starts
         VisemeEstimator.load()
         assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+
+
+def test_the_benchmark_reads_the_mouth_each_frame_was_drawn_with(astronaut):
+    """`bench visemes` scores the mouth drawn on each frame: the renderer draws a few frames ahead of the one
+    handed over, so what it reads must be that frame's own paint (not the latest), the same in every run. The
+    reference: the voice gate and the Lite engine frame by frame, on this thread (a paint is mouth x alpha)."""
+    from avatar_cam.bench.visemes import drawn_openings
+    from avatar_cam.live.mel_windows import mel_window
+
+    clip = frames_of(flite_speech("Bob may buy my mother a map, maybe.", "rms"))
+    openings, _ = drawn_openings(clip, astronaut, size=(320, 240))
+    clock = FrameClock(30.0)
+    lite = LiteLipSync()
+    renderer = FrameRenderer(lite, astronaut, OutputFormat(320, 240), clock, idle=IdleSettings.off())
+    mel = _mel(clip.audio)
+    want = np.zeros((clock.frame_count(len(clip.audio) / 16000), 2))
+    for k in range(len(want)):
+        a, b = clock.audio_span(k)
+        info = renderer.gate_frame(k, clip.audio[max(a, 0) : max(b, 0)])
+        if info.alpha > 0:
+            mouth = lite.mouth_shapes(mel_window(mel, clock.mel_start(k))[None, None])[0]
+            want[k] = mouth[0] * info.alpha, mouth[2] * info.alpha
+    assert openings.shape == want.shape and (want[:, 0] > 0.3).sum() > 10 and (want[:, 1] > 0.5).sum() > 2
+    assert np.allclose(openings, want, atol=1e-5)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,9 +134,11 @@ class _TimedLite(LiteLipSync):
 
     def __init__(self):
         super().__init__()
-        # Shapes run on the renderer's mouth thread, drawing on the caller's: each adds to its own sum.
+        # Shapes run on the renderer's mouth thread, drawing on its draw thread: each adds to its own sum.
         self.shape_seconds = self.draw_seconds = 0.0
-        self.frames, self.last_opening, self.last_closure = 0, 0.0, 0.0
+        self.frames = 0
+        # (opening, closure) of every paint, in frame order (one draw thread paints the talking frames in order).
+        self.painted: deque[tuple[float, float]] = deque()
 
     def mouth_shapes(self, mels: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -152,16 +155,15 @@ class _TimedLite(LiteLipSync):
             t0 = time.perf_counter()
             draw(img, opening, width, closure, teeth)
             self.draw_seconds += time.perf_counter() - t0
-            self.last_opening, self.last_closure = opening, closure
+            self.painted.append((opening, closure))
 
         painter.paint = paint
         return painter
 
-    def take_drawn(self) -> tuple[float, float]:
-        """(opening, closure) drawn since the last call ((0, 0): nothing drawn, the photo as it is)."""
-        drawn = self.last_opening, self.last_closure
-        self.last_opening = self.last_closure = 0.0
-        return drawn
+    def drawn(self, info) -> tuple[float, float]:
+        """(opening, closure) drawn on the frame of `info` ((0, 0): the photo as it is). Call for every frame the
+        renderer yields, in order: a talking frame's paint happened before the frame was handed over."""
+        return self.painted.popleft() if info.inferred and info.alpha > 0.0 else (0.0, 0.0)
 
 
 def drawn_openings(clip: Frames, portrait, size: tuple[int, int] = (1280, 720)) -> tuple[np.ndarray, _TimedLite]:
@@ -173,8 +175,10 @@ def drawn_openings(clip: Frames, portrait, size: tuple[int, int] = (1280, 720)) 
     lite = _TimedLite()
     renderer = build_renderer(portrait, Picture(fmt=OutputFormat(*size), idle=IdleSettings.off()), lite)
     openings = []
-    for _frame, _info in renderer.render_clip(melspectrogram(clip.audio), clip.audio):
-        openings.append(lite.take_drawn())
+    for _frame, info in renderer.render_clip(melspectrogram(clip.audio), clip.audio):
+        openings.append(lite.drawn(info))
+    if lite.painted:
+        raise RuntimeError(f"{len(lite.painted)} paints not matched to a frame")
     return np.array(openings), lite
 
 
