@@ -350,6 +350,15 @@ def check_autostart():
     return True, f"on ({path})", None
 
 
+def check_camera_priority():
+    from avatar_cam.thread_priority import can_keep_time
+
+    if how := can_keep_time():
+        return True, f"the camera's threads can run ahead of other programs ({how} priority)", None
+    return (False, "the camera's threads run at normal priority: on a busy machine some frames may leave late",
+            _linux_install("rtkit", "rtkit") + "  # then log in again" if _system() == "linux" else None)
+
+
 def check_writable(name: str, folder) -> tuple:
     d = Path(folder())
     try:
@@ -380,6 +389,7 @@ def _checks():
         ("models", False, check_models),
         ("virtual microphone", False, check_virtual_microphone),
         ("start at login", False, check_autostart),
+        ("camera priority", False, check_camera_priority),
         ("config dir", True, functools.partial(check_writable, "config", paths.config_dir)),
         ("data dir", True, functools.partial(check_writable, "data", paths.data_dir)),
         ("cache dir", True, functools.partial(check_writable, "cache", paths.cache_dir)),
