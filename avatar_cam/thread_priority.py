@@ -143,6 +143,8 @@ class TimeKeeper:
 
     def __init__(self, name: str = "camera", ask: bool = True):
         self.name, self.how = name, keep_time() if ask else ""
+        if self.how:
+            log.info("the %s thread runs ahead of other programs (%s priority)", name, self.how)
         self._cpu, self._wall = time.thread_time(), time.monotonic()
         self._window = (self._cpu, self._wall)
         self._awake = 0.0
