@@ -175,3 +175,17 @@ class TimeKeeper:
         if self.how:
             back_to_normal()
             self.how = ""
+
+    @contextlib.contextmanager
+    def ordinary(self):
+        """Normal priority for work that may run long (a change built on the frame thread when another landed
+        first: up to half a second at 1080p), then the priority again."""
+        if not self.how:
+            yield
+            return
+        back_to_normal()
+        try:
+            yield
+        finally:
+            self.how = keep_time()
+            self._cpu, self._wall, self._awake = time.thread_time(), time.monotonic(), 0.0

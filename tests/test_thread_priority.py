@@ -92,6 +92,22 @@ def test_the_camera_thread_runs_ahead_of_ordinary_work_and_threads_it_starts_do_
 
 
 @direct
+def test_work_that_may_run_long_runs_at_normal_priority_and_the_priority_comes_back():
+    """A change the frame thread builds itself (when another landed first) may take half a second: never at
+    real-time priority (under rtkit's cap, 0.2 s of it kills the process)."""
+    def body():
+        keeper = TimeKeeper()
+        with keeper.ordinary():
+            during = policy()
+        after = (keeper.how, policy())
+        keeper.release()
+        return during, after
+
+    during, after = on_a_thread(body)
+    assert during == OTHER and after == ("real-time", RR)
+
+
+@direct
 def test_a_frame_that_runs_long_hands_the_priority_back(caplog):
     def body():
         keeper = TimeKeeper()

@@ -126,7 +126,10 @@ class LivePipeline:
         with self._lock:
             requests, self._requests = self._requests, []
         if requests:
-            with self._emit_lock:  # a request may change the sinks: never while the sender uses them
+            # A request may change the sinks: never while the sender uses them. It may also run long (a change
+            # built here when another landed first): at normal priority, not starving the machine (nor, under
+            # rtkit's cap, getting the process killed).
+            with self._emit_lock, self._keeper.ordinary():
                 for fn in requests:
                     fn()
 
