@@ -9,6 +9,7 @@ but do not fail the run: the camera works without them (`run --no-tray`, the Lit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avatar_cam import paths
+from avatar_cam.thread_priority import can_keep_time
 
 # Roots of the Linux system files the checks read (tests point them at a fake tree).
 SYS = Path("/sys")
@@ -74,10 +76,9 @@ def _sounddevice():
 
 def _read(path: Path) -> str:
     """A small system file's text, or "" if it is missing or unreadable (a dangling symlink, say)."""
-    try:
+    with contextlib.suppress(OSError):
         return path.read_text(errors="replace")
-    except OSError:
-        return ""
+    return ""
 
 
 def _devices(kind: str) -> list[str]:
@@ -159,9 +160,8 @@ def _camera_linux():
 
 def _exclusive_caps() -> bool | None:
     """True/False if every v4l2loopback device agrees on exclusive_caps, None if unknown or mixed."""
-    try:
-        values = (SYS / "module" / "v4l2loopback" / "parameters" / "exclusive_caps").read_text().strip().split(",")
-    except OSError:
+    values = _read(SYS / "module" / "v4l2loopback" / "parameters" / "exclusive_caps").strip().split(",")
+    if values == [""]:
         return None
     n = len(list((SYS / "devices" / "virtual" / "video4linux").glob("video*"))) or 1
     flags = {v.strip() in ("Y", "1") for v in values[:n]}
@@ -171,10 +171,8 @@ def _exclusive_caps() -> bool | None:
 def _module_available(module: str) -> bool:
     modinfo = shutil.which("modinfo", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")  # sbin: not on users' PATH
     if modinfo:
-        try:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             return _run(modinfo, "-n", module).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            pass
     tree = Path("/lib/modules") / os.uname().release
     return tree.is_dir() and any(tree.rglob(f"{module}.ko*"))
 
@@ -290,14 +288,11 @@ def check_openvino():
             names.append(f"{d} ({core.get_property(d, 'FULL_DEVICE_NAME')})")
         except Exception:  # a device that cannot describe itself is still listed
             names.append(d)
+    version = openvino.__version__.split("-")[0]  # "2026.4.1-22982-e213a14-releases/..." -> "2026.4.1"
     if "CPU" not in devices:
-        return False, f"OpenVINO {_short(openvino.__version__)} sees no CPU device ({', '.join(names) or 'none'})", \
+        return False, f"OpenVINO {version} sees no CPU device ({', '.join(names) or 'none'})", \
             f'"{sys.executable}" -m pip install --force-reinstall "openvino>=2024.4"'
-    return True, f"OpenVINO {_short(openvino.__version__)}: {', '.join(names)}", None
-
-
-def _short(version: str) -> str:
-    return version.split("-")[0]  # "2026.4.1-22982-e213a14-releases/..." -> "2026.4.1"
+    return True, f"OpenVINO {version}: {', '.join(names)}", None
 
 
 def check_models():
@@ -350,6 +345,13 @@ def check_autostart():
     return True, f"on ({path})", None
 
 
+def check_camera_priority():
+    if how := can_keep_time():
+        return True, f"the camera's threads can run ahead of other programs ({how} priority)", None
+    fix = _linux_install("rtkit", "rtkit") + "  # then log in again" if _system() == "linux" else None
+    return False, "the camera's threads run at normal priority: on a busy machine some frames may leave late", fix
+
+
 def check_writable(name: str, folder) -> tuple:
     d = Path(folder())
     try:
@@ -365,14 +367,13 @@ def check_writable(name: str, folder) -> tuple:
 
 def _checks():
     """(name, essential, function) for this OS, in the order they are shown."""
-    system = _system()
     checks = [
         ("python", True, check_python),
         ("portaudio", True, check_portaudio),
         ("microphone", True, check_microphone),
         ("virtual camera", True, check_virtual_camera),
     ]
-    if system == "linux":
+    if _system() == "linux":
         checks.append(("virtual camera at boot", False, check_camera_at_boot))
     checks += [
         ("tray", False, check_tray),
@@ -380,6 +381,7 @@ def _checks():
         ("models", False, check_models),
         ("virtual microphone", False, check_virtual_microphone),
         ("start at login", False, check_autostart),
+        ("camera priority", False, check_camera_priority),
         ("config dir", True, functools.partial(check_writable, "config", paths.config_dir)),
         ("data dir", True, functools.partial(check_writable, "data", paths.data_dir)),
         ("cache dir", True, functools.partial(check_writable, "cache", paths.cache_dir)),

@@ -193,7 +193,7 @@ apt_packages() {
     local p gir=libgirepository1.0-dev
     local wanted=(libportaudio2 v4l2loopback-dkms v4l2loopback-utils kmod "linux-headers-$(uname -r)"
         gir1.2-ayatanaappindicator3-0.1 libayatana-appindicator3-1 gir1.2-gtk-3.0 python3-gi
-        pulseaudio-utils python3-venv)
+        pulseaudio-utils python3-venv rtkit)  # rtkit: real-time priority for the camera's threads
     if [ "$NO_DEPS" -eq 0 ]; then  # to build PyGObject into the venv (the tray menu needs it)
         apt-cache show libgirepository-2.0-dev >/dev/null 2>&1 && gir=libgirepository-2.0-dev
         wanted+=("$gir" libcairo2-dev pkg-config python3-dev gcc)
@@ -218,7 +218,7 @@ apt_packages() {
 
 dnf_packages() {
     local p wanted=(portaudio v4l2loopback kernel-devel libayatana-appindicator-gtk3 gtk3 python3-gobject
-        pulseaudio-utils)
+        pulseaudio-utils rtkit)
     [ "$NO_DEPS" -eq 1 ] || wanted+=(gobject-introspection-devel cairo-gobject-devel pkgconf-pkg-config python3-devel gcc)
     is_gnome && wanted+=(gnome-shell-extension-appindicator)
     if ! rpm -q v4l2loopback >/dev/null 2>&1 && ! dnf repolist --enabled 2>/dev/null | grep -qi rpmfusion-free; then

@@ -22,3 +22,20 @@ def test_bench_live_reports_the_camera_the_mouth_the_neighbour_and_where_the_cpu
     assert {"MainThread", "mouths"} <= threads.keys(), threads  # the frame thread, and inference's
     # The split is of the same process time as the total (each sampled a little apart: within a few points).
     assert abs(sum(threads.values()) - r["cpu_pct"]) < 10, (threads, r["cpu_pct"])
+    assert r["camera_priority"] in ("real-time", "real-time (rtkit)", "normal") and r["busy"] == 0
+
+
+def test_bench_live_beside_busy_programs_at_normal_priority_for_comparison(astronaut_png):
+    """`--busy N` starts N programs that each want a core, in sessions of their own, and stops them after;
+    `--normal-priority` keeps the camera's threads ordinary (the other side of the comparison)."""
+    import psutil
+
+    before = {p.pid for p in psutil.process_iter()}
+    result = run_cli("bench", "live", "--seconds", "3", "--size", "320x180", "--photo", str(astronaut_png),
+                     "--engine", "lite", "--busy", "2", "--normal-priority", "--json", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout)
+    assert r["busy"] == 2 and r["camera_priority"] == "normal" and r["frames"] > 40
+    left = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before
+            and "avatar_cam.bench.neighbour" in " ".join(p.info["cmdline"] or [])]
+    assert not left, left  # the busy programs are gone

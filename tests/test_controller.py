@@ -100,6 +100,8 @@ def test_the_status_says_how_fast_the_lips_move_and_the_performance_mode_applies
     assert status.mouth_hz == pytest.approx(15.0, abs=1.5) and status.lips.startswith("lips at 15 Hz")
     assert status.performance == "light" and "lips at" in status.line()
     assert status.to_dict()["mouth_hz"] == status.mouth_hz  # what `ctl status --json` prints
+    # how the camera's thread keeps time (root here: directly; a desktop user: through rtkit; else normal)
+    assert status.to_dict()["camera_priority"] in ("real-time", "real-time (rtkit)", "high", "normal")
     cam = cams.instances[0]
     ctl.update_settings(performance="smooth")  # no camera reopen
     assert ctl.status().performance == "smooth" and ctl.settings.performance == "smooth"

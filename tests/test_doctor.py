@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,14 @@ def test_doctor_on_this_machine(user_dirs: Path):
     for name, sub in (("config dir", "config"), ("data dir", "data"), ("cache dir", "cache")):
         assert checks[name]["ok"], checks[name]
         assert checks[name]["detail"] == str(user_dirs / sub / "avatar-cam")
+
+    # The camera's threads may run ahead of other programs: as root directly; else rtkit, or the way to get it.
+    priority = checks["camera priority"]
+    assert not priority["essential"]
+    if os.geteuid() == 0:
+        assert priority["ok"] and "(real-time priority)" in priority["detail"], priority
+    elif not priority["ok"]:
+        assert "rtkit" in priority["fix"] and "normal priority" in priority["detail"]
 
     # No sound server: no microphone and no virtual microphone, each with a way out.
     mic = checks["microphone"]

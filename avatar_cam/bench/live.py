@@ -39,7 +39,7 @@ def pin_to_cores(n: int) -> set[int]:
 
 def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = None, checkpoint: Path | None = None,
                size: str = "1280x720", fps: float = 30.0, engine: str = "wav2lip", performance: str = DEFAULT,
-               neighbour_pct: float = 0.0, cores: int | None = None) -> dict:
+               neighbour_pct: float = 0.0, cores: int | None = None, keep_time: bool = True, busy: int = 0) -> dict:
     pyvirtualcam.register_backend(COUNTING_BACKEND, CountingCamera)
     pinned = pin_to_cores(cores) if cores else None  # before the engine starts its threads
     with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp:
@@ -49,15 +49,25 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
         ring = AudioRing()
         camera = VirtualCameraSink(renderer.compositor.fmt.width, renderer.compositor.fmt.height, fps,
                                    backend=COUNTING_BACKEND)
-        pipeline = LivePipeline(renderer, [camera], ring, clock, performance=performance_mode(performance))
+        pipeline = LivePipeline(renderer, [camera], ring, clock, performance=performance_mode(performance),
+                                keep_time=keep_time)
         source = FileSource(speech, ring, realtime=True)
         neighbour = Neighbour(neighbour_pct, pinned) if neighbour_pct > 0 else None
+        others = [Neighbour(100.0, pinned, own_session=True) for _ in range(busy)]
         cpu, t0 = ProcessCpu(), time.monotonic()
         threads: dict[str, float] = {}
+        priority: list[str] = []
+
+        def at_end() -> None:
+            threads.update(cpu.by_thread())
+            priority.append(pipeline.priority or "normal")
+
         try:
-            run_for(pipeline, source, seconds, cleanup=(camera.close,), at_end=lambda: threads.update(cpu.by_thread()))
+            run_for(pipeline, source, seconds, cleanup=(camera.close,), at_end=at_end)
         finally:
             theirs = neighbour.stop() if neighbour is not None else None
+            for other in others:
+                other.stop()
         cpu_pct, t1 = cpu.percent(), time.monotonic()
     result = summarize(pipeline.stats.records, fps)
     if theirs is not None:
@@ -65,6 +75,7 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
                        "neighbour_jobs": theirs["jobs"]})
     result.update({
         "performance": performance,
+        "busy": busy,
         "cores": len(pinned) if pinned else len(os.sched_getaffinity(0)),
         "inference_ms_p50": pipeline.mouths.inference_ms() if pipeline.mouths is not None else None,
         "seconds": round(t1 - t0, 1),
@@ -73,6 +84,7 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
         "weights": weights_note,
         "cpu_pct": cpu_pct,
         "cpu_by_thread_pct": threads,  # "MainThread" draws the frames, "mouths" runs inference
+        "camera_priority": priority[0] if priority else None,  # the frame thread's, at the end
         "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
@@ -81,7 +93,8 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
 
 def run(args: argparse.Namespace) -> int:
     return answer(args, live_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps,
-                                   args.engine, args.performance, args.neighbour, args.cores), describe)
+                                   args.engine, args.performance, args.neighbour, args.cores,
+                                   not args.normal_priority, args.busy), describe)
 
 
 def describe(r: dict) -> None:
@@ -90,9 +103,12 @@ def describe(r: dict) -> None:
     print(f"  camera {r['camera_fps']} fps, late frames {r['camera_late_pct']}%; lips {r['mouth_hz']} Hz while talking "
           f"(inference {r['inference_ms_p50']} ms), talking frames {r['inferred_pct']}%")
     print(f"  mouth latency p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
+    if r["busy"]:
+        print(f"  beside {r['busy']} other program(s) each wanting a whole core")
     if "neighbour_late_pct" in r:
         print(f"  the neighbour (a call app needing {r['neighbour_pct']}% of a core at 30 Hz): "
               f"{r['neighbour_late_pct']}% of its {r['neighbour_jobs']} jobs late")
+    print(f"  the camera's thread ran at {r['camera_priority']} priority")
     print(f"  CPU {r['cpu_pct']}% of one core, RSS {r['rss_mb']} MB (peak {r['peak_rss_mb']} MB)")
     split = ", ".join(f"{'frames' if name == 'MainThread' else name} {pct}%" for name, pct in r["cpu_by_thread_pct"].items())
     print(f"  by thread: {split}")
@@ -108,4 +124,9 @@ def register(kinds: argparse._SubParsersAction) -> None:
                       help="beside a process of ours that needs PCT%% of one core in 30 Hz bursts (a call app), which "
                            "reports its own late jobs")
     live.add_argument("--cores", type=int, default=None, metavar="N", help="pin the run (and the neighbour) to N cores")
+    live.add_argument("--busy", type=int, default=0, metavar="N",
+                      help="beside N programs that each want a whole core, each in a session of its own (a build, a "
+                           "busy browser)")
+    live.add_argument("--normal-priority", action="store_true",
+                      help="the camera's threads at normal priority, as where neither root nor rtkit grants more")
     live.set_defaults(func=run)

@@ -41,13 +41,15 @@ def run(pct: float) -> dict:
 
 
 class Neighbour:
-    """The neighbour as a child process, pinned to `cores` (None: anywhere)."""
+    """The neighbour as a child process, pinned to `cores` (None: anywhere). `own_session`: in a session of its own,
+    as another program the user started is (Linux's autogroups share the CPU between sessions first)."""
 
-    def __init__(self, pct: float, cores: set[int] | None = None):
+    def __init__(self, pct: float, cores: set[int] | None = None, own_session: bool = False):
         self.pct = pct
         self._proc = subprocess.Popen([sys.executable, "-m", "avatar_cam.bench.neighbour", str(pct),
                                        ",".join(map(str, sorted(cores))) if cores else ""],
-                                      stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                                      stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                      start_new_session=own_session)
 
     def stop(self) -> dict:
         """End it; {"jobs", "late", "late_pct"}."""

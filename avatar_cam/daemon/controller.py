@@ -128,6 +128,7 @@ class Controller(MicrophoneWatch, Extras):
                 performance=self.settings.performance,
                 lips=lips_text(mouth_hz, target_hz),
                 notice=self._camera_notice,
+                camera_priority=(pipeline.priority or "normal") if pipeline is not None else None,
             )
 
     # --- commands --------------------------------------------------------------------------------

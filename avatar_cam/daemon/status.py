@@ -25,6 +25,7 @@ class Status:
     performance: str = "balanced"  # the performance mode in use
     lips: str | None = None  # what the mouth rate means, e.g. "lips at 12 Hz: the machine is busy"
     notice: str | None = None  # something the user should know while the camera runs (e.g. a size that waits)
+    camera_priority: str | None = None  # how the frame thread keeps time: "real-time (rtkit)", ..., "normal"
 
     def to_dict(self) -> dict:
         return asdict(self)

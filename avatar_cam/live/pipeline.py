@@ -39,7 +39,7 @@ from avatar_cam.live.performance import Performance
 from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.records import FrameRecord, PipelineStats
 from avatar_cam.live.renderer import FrameRenderer
-from avatar_cam.thread_priority import one_blas_thread
+from avatar_cam.thread_priority import TimeKeeper, one_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ PACED_DRAW_S = 0.008  # a paced frame stops waiting for its own mouth this long 
 class LivePipeline:
     def __init__(self, renderer: FrameRenderer, sinks: list, ring: AudioRing, clock: FrameClock,
                  on_frame=None, audio_taps: list | None = None, stall_s: float = 0.25, every_mouth: bool = False,
-                 performance: Performance | None = None):
+                 performance: Performance | None = None, keep_time: bool = True):
         self.renderer = renderer
         self.sinks = sinks
         self.ring = ring
@@ -85,6 +85,8 @@ class LivePipeline:
         self._consumed = 0
         self.next_frame = 0
         self.skipped = 0  # frames skipped because drawing could not keep up (`_catch_up`)
+        self.keep_time = keep_time  # the frame threads ask to run ahead of ordinary work (thread_priority.py)
+        self._keeper: TimeKeeper | None = None  # the frame thread's priority (set and used by it)
         self._skip_logged = float("-inf")
         self._idle_index = 0  # frame counter for idle motion while no audio arrives
         self.sink_errors: dict[str, str] = {}  # sink class name -> its last send failure (frame thread writes)
@@ -97,6 +99,11 @@ class LivePipeline:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def priority(self) -> str:
+        """How the frame thread keeps time: "real-time", "real-time (rtkit)", "high", or "" (normal priority)."""
+        return self._keeper.how if self._keeper is not None else ""
 
     def request_performance(self, mode: Performance) -> None:
         """Use another performance mode from the next frame on (a new "mouths" thread, at the mode's priority)."""
@@ -119,7 +126,10 @@ class LivePipeline:
         with self._lock:
             requests, self._requests = self._requests, []
         if requests:
-            with self._emit_lock:  # a request may change the sinks: never while the sender uses them
+            # A request may change the sinks: never while the sender uses them. It may also run long (a change
+            # built here when another landed first): at normal priority, not starving the machine (nor, under
+            # rtkit's cap, getting the process killed).
+            with self._emit_lock, self._keeper.ordinary():
                 for fn in requests:
                     fn()
 
@@ -161,15 +171,18 @@ class LivePipeline:
 
     def _send_when_due(self) -> None:
         """The sender thread: each held frame leaves at its due time (or at once, if that has passed)."""
+        keeper = TimeKeeper("frame sender", ask=self.keep_time)
         while True:
             item = self._held.get()
             try:
                 if item is None:
+                    keeper.release()
                     return
                 frame, rec, due = item
                 wait = due - time.monotonic()
                 if wait <= 0 or not self._stop.wait(wait):  # (a stop while waiting drops the frame)
                     self._emit(frame, rec)
+                keeper.after_frame()
             except Exception:  # noqa: BLE001  (never let a callback kill the camera's frames)
                 log.exception("sending a paced frame failed")
             finally:
@@ -209,9 +222,13 @@ class LivePipeline:
         # little time saved, and wake threads that OpenVINO's inference needs. (This is process-wide.)
         cv2.setNumThreads(1)
         one_blas_thread()  # the same for numpy's BLAS (the mel's products, the Lite engine's mouth shapes)
+        # Ahead of ordinary work: on a busy machine a frame thread at normal priority waits its turn behind every
+        # other program, and its frames leave late (BENCHMARKS.md, session 7: 16-29% late -> 0-0.5% at load 7-9).
+        self._keeper = TimeKeeper("camera", ask=self.keep_time)
         try:
             self._draw_frames()
         finally:
+            self._keeper.release()
             self._stop_sender()
             if self.mouths is not None:
                 self.mouths.stop()
@@ -220,6 +237,7 @@ class LivePipeline:
         clock, ring = self.clock, self.ring
         last_emit = time.monotonic()
         while not self._stop.is_set():
+            self._keeper.after_frame()
             self._apply_requests()
             k = self.next_frame
             need = clock.samples_needed(k)
