@@ -64,7 +64,7 @@ def talking(page: Page) -> dict:
     before = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes()
     time.sleep(JOB["silence_s"])
     mark("silence ends")
-    speak_and_wait(JOB["silence_s"])
+    speak_and_wait(JOB["silence_s"], short=False)
     after = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes()
     snapshot(page, "widest_mouth")
     recorder.terminate()

@@ -71,13 +71,15 @@ def start_pulseaudio() -> dict:
     return {"info": sh("pactl", "info", env=env)["stdout"][-600:], "autogroup": group}
 
 
-def play_speech() -> subprocess.Popen:
-    mark("speech starts")
-    return subprocess.Popen(["paplay", "-d", "test_speaker", JOB["speech"]], env=product_env())
+def play_speech(short: bool) -> subprocess.Popen:
+    mark("speech starts", short=short)
+    return subprocess.Popen(["paplay", "-d", "test_speaker", JOB["speech_short" if short else "speech"]],
+                            env=product_env())
 
 
-def speak_and_wait(seconds_after: float) -> None:
-    player = play_speech()
+def speak_and_wait(seconds_after: float, short: bool = True) -> None:
+    """Play the speech (all three phrases, or the first two), then wait a little."""
+    player = play_speech(short)
     player.wait(timeout=120)
     mark("speech ends")
     time.sleep(seconds_after)
