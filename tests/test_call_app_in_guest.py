@@ -55,11 +55,19 @@ def guest():
     checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1),
                        "kernel_to_checks_s": float(up.group(1)) if up else None},
               "steps": {k: {"ok": v["ok"], "seconds": v["seconds"]} for k, v in report.get("steps", {}).items()},
-              **summary}
+              "cpu_while_talking": cpu_while_talking(report), **summary}
     (EVIDENCE / "checks.json").write_text(json.dumps(checks, indent=1))
     print(f"\nguest evidence: {EVIDENCE} (checks.json, report.json, chromium_*.png)")
     print(json.dumps(checks, indent=1))
     return booted, report, summary
+
+
+def cpu_while_talking(report: dict) -> dict | None:
+    """The busiest processes and daemon threads while the voice played (% of one vCPU; see tests/guest/cpu_use.py)."""
+    talked = report.get("steps", {}).get("talking", {}).get("result", {}).get("cpu_while_talking")
+    if not talked:
+        return None
+    return {"processes": talked["processes"][:10], "daemon_threads": talked["daemon_threads"][:8]}
 
 
 def step(report: dict, name: str) -> dict:

@@ -51,10 +51,10 @@ def rates(before: dict, after: dict, least_pct: float = 0.5) -> list[dict]:
     """Between two snapshots: CPU (% of one vCPU; of it, the kernel's) and switches a second, busiest first."""
     seconds = (after.get("t", 0) - before.get("t", 0)) / 1000
     rows = []
-    for key, (name, cpu, system, waits, preempted) in after.items():
+    for key, now in after.items():
         if key == "t" or key not in before or seconds <= 0:
             continue
-        _, cpu0, system0, waits0, preempted0 = before[key]
+        (name, cpu, system, waits, preempted), (_, cpu0, system0, waits0, preempted0) = now, before[key]
         row = {"id": key, "name": name, "cpu_pct": round((cpu - cpu0) / seconds, 1),
                "sys_pct": round((system - system0) / seconds, 1), "waits_per_s": round((waits - waits0) / seconds, 1),
                "preempted_per_s": round((preempted - preempted0) / seconds, 1)}
