@@ -67,8 +67,7 @@ def talking(page: Page) -> dict:
     speak_and_wait(JOB["silence_s"], short=False)
     after = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes()
     snapshot(page, "widest_mouth")
-    recorder.terminate()
-    recorder.wait(timeout=30)
+    recorder.stop()
     return {"avatar_mic_as_parec_heard_it": loudness(recording), "status": status(),
             "cpu_while_talking": {"daemon_threads": cpu_use.rates(before[0], after[0], 0),
                                   "processes": cpu_use.rates(before[1], after[1])}, **sound_state()}

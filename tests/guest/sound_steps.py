@@ -19,31 +19,43 @@ load-module module-null-sink sink_name=test_speaker rate=48000 channels=1
 set-default-sink test_speaker
 set-default-source test_speaker.monitor
 """
-PROBE_RATE, PROBE_BLOCK = 16000, 800  # the probe reads 50 ms blocks of 16 kHz mono
+PROBE_RATE, PROBE_BLOCK = 16000, 800  # the probe reads 50 ms blocks of 16 kHz mono (parec hands over 100 ms at a time)
 
 
 class VoiceProbe:
-    """parec on the microphone (test_speaker.monitor) at 16 kHz mono: (epoch ms, rms) of every 50 ms block as it
-    arrives. It also keeps the idle null sink's monitor flowing (see TESTING.md)."""
+    """parec on a source at 16 kHz mono: (epoch ms, rms) of every 50 ms block as it arrives, and the sound itself
+    in `keep` if given. On the microphone (test_speaker.monitor) it also keeps the idle null sink's monitor flowing
+    (see TESTING.md)."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "test_speaker.monitor", keep: Path | None = None) -> None:
         self.blocks: list[tuple[float, float]] = []
         self.lock = threading.Lock()
+        self.keep = keep.open("wb") if keep is not None else None
         self.process = subprocess.Popen(
-            ["parec", "-d", "test_speaker.monitor", "--raw", "--format=s16le", f"--rate={PROBE_RATE}",
-             "--channels=1", "--latency-msec=50"],
+            ["parec", "-d", source, "--raw", "--format=s16le", f"--rate={PROBE_RATE}", "--channels=1",
+             "--latency-msec=100"],
             env=product_env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        threading.Thread(target=self._read, name="voice-probe", daemon=True).start()
+        self.reader = threading.Thread(target=self._read, name="voice-probe", daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         while (data := self.process.stdout.read(2 * PROBE_BLOCK)):
+            if self.keep is not None:
+                self.keep.write(data)
             x = np.frombuffer(data, np.int16).astype(np.float32) / 32768
             with self.lock:
                 self.blocks.append((round(time.time() * 1000, 1), round(float(np.sqrt((x**2).mean())), 4)))
+        if self.keep is not None:
+            self.keep.close()
 
     def snapshot(self) -> list:
         with self.lock:
             return list(self.blocks)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.reader.join(timeout=30)
 
 
 @step("pulseaudio")
@@ -85,11 +97,12 @@ def speak_and_wait(seconds_after: float, short: bool = True) -> None:
     time.sleep(seconds_after)
 
 
-def record_avatar_mic(path: Path) -> subprocess.Popen:
-    """Record "Avatar Cam Microphone" with parec beside Chromium: what the product plays, whatever the page hears."""
-    return subprocess.Popen(["parec", "-d", "avatar_cam_mic", "--raw", "--format=s16le", "--rate=16000",
-                             "--channels=1", str(path)], env=product_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def record_avatar_mic(path: Path) -> VoiceProbe:
+    """Record "Avatar Cam Microphone" beside Chromium, and when each block of it arrived: what the product plays,
+    whatever the page hears (and, against the page, how long Chromium itself takes to hear it)."""
+    probe = VoiceProbe("avatar_cam_mic", keep=path)
+    EXTRA["avatar_mic_probe"] = probe.snapshot
+    return probe
 
 
 def loudness(path: Path) -> dict:
