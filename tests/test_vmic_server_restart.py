@@ -1,5 +1,6 @@
 """Avatar Cam Microphone after the sound server is killed and started again: the status says so at once, and
-the microphone comes back by itself (the real microphone already did). A real `avatar-cam daemon --no-tray` and
+the microphone comes back by itself (the real microphone already did); and when there was no sound server (or
+none that answered in time) as the camera started, it starts by itself once there is. A real `avatar-cam daemon --no-tray` and
 a real PulseAudio server of its own (tests/pulse.py's RestartablePulse: crashed and started at the same address)."""
 
 from __future__ import annotations
@@ -57,6 +58,27 @@ def test_avatar_cam_microphone_comes_back_after_the_sound_server_restarts(own_pu
         assert run_cli("ctl", "quit", timeout=60).returncode == 0
         assert daemon.wait() == 0, daemon.describe()
         assert our_sources(own_pulse) == []  # removed from the new server on the way out
+        assert "Traceback" not in daemon.stderr
+    finally:
+        daemon.kill()
+
+
+def test_avatar_cam_microphone_starts_by_itself_once_a_sound_server_answers(own_pulse, astronaut_png, tmp_path):
+    # At login the daemon may start before the sound server, and a busy one may not answer `pactl` in time (an
+    # emulated guest took over 10 s): "Avatar Cam Microphone" stayed in error until the user turned it off and on.
+    own_pulse.crash()
+    Settings(photo=str(astronaut_png), engine="lite", mic="pulse", camera_backend="test-recorder", width=320,
+             height=180, fps=15.0, camera_on=True, virtual_mic=True).save()
+    daemon = DaemonProcess(tmp_path / "daemon")
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: vmic_state().startswith("error"), "the status to say why there is no microphone", timeout=30)
+        own_pulse.come_back()
+        wait_for(lambda: vmic_state() == "running", "Avatar Cam Microphone to start by itself", timeout=60)
+        assert our_sources(own_pulse) == ["avatar_cam_mic"]
+        assert run_cli("ctl", "quit", timeout=60).returncode == 0
+        assert daemon.wait() == 0, daemon.describe()
+        assert our_sources(own_pulse) == []
         assert "Traceback" not in daemon.stderr
     finally:
         daemon.kill()

@@ -1,13 +1,16 @@
 """The controller's extras: the preview window and "Avatar Cam Microphone", attached to the running pipeline.
 
-Their failures go to the status; the camera runs on without them. `Controller` inherits these methods: they
-share its lock and state (`_pipeline`, `_preview`, `_vmic`, `_extras_fault`...). They run on the caller's
-thread, and `_watch_preview` on the "health" thread.
+Their failures go to the status; the camera runs on without them. "Avatar Cam Microphone" that failed to start
+(no sound server yet at login, or one too busy to answer `pactl` in time) is tried again by the watchdog, backing
+off from 2 s to 30 s, until it runs or the camera stops. `Controller` inherits these methods: they share its lock
+and state (`_pipeline`, `_preview`, `_vmic`, `_extras_fault`...). They run on the caller's thread, and the
+`_watch_*` ones on the "health" thread.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from avatar_cam.daemon.status import Status
@@ -19,6 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Extras:
+    VMIC_RETRY_S = 2.0  # a failed start of "Avatar Cam Microphone" is tried again after this, doubling...
+    VMIC_RETRY_MAX_S = 30.0  # ...up to this
+    _vmic_retry_s = VMIC_RETRY_S
+    _vmic_retry_at = 0.0
+
     def _extras_problem(self) -> str | None:
         """Under the lock: why the preview or the virtual microphone the user asked for is not working."""
         vmic_state = self._vmic.status_text if self._vmic is not None else ""
@@ -44,6 +52,12 @@ class Extras:
             with self._lock:
                 if self.running:
                     self._extras_fault[name] = str(exc).splitlines()[0]
+                    if name == "virtual_mic":  # the watchdog tries again (`_watch_vmic`)
+                        self._vmic_retry_at = time.monotonic() + self._vmic_retry_s
+                        self._vmic_retry_s = min(2 * self._vmic_retry_s, self.VMIC_RETRY_MAX_S)
+        else:
+            if name == "virtual_mic":
+                self._vmic_retry_s = self.VMIC_RETRY_S
         self._changed()
 
     def set_preview(self, on: bool) -> Status:
@@ -126,10 +140,20 @@ class Extras:
         return vmic.close(keep_devices) if vmic is not None else None
 
     def _watch_vmic(self) -> None:
-        """Watchdog: let the virtual microphone notice a sound server that went away, and come back with it."""
+        """Watchdog: let the virtual microphone notice a sound server that went away, and come back with it;
+        start one that failed to start, when its retry is due."""
         vmic = self._vmic
         if vmic is not None:
             vmic.check()  # may call pactl and open a stream: outside the controller's lock
+            return
+        with self._lock:
+            due = (self.running and self.settings.virtual_mic and "virtual_mic" in self._extras_fault
+                   and time.monotonic() >= self._vmic_retry_at)
+        if due:
+            log.info("Avatar Cam Microphone: trying to start it again")
+            self._try_extra("virtual_mic", self._attach_vmic)
+            if not self.settings.virtual_mic:  # turned off while it started
+                self._detach_vmic()
 
     def _watch_preview(self) -> None:
         """A preview window the user closed turns the preview off; one that failed says why in the status."""

@@ -75,6 +75,7 @@ def serve(page: Page, folder: Path, results: Path, mark) -> ThreadingHTTPServer:
 
 
 def start_chromium(port: int, results: Path, env: dict) -> subprocess.Popen:
+    """Chromium in a session (so a scheduling group) of its own, as an app on a desktop."""
     log = (results / "chromium.log").open("w")
     return subprocess.Popen(
         # --no-zygote: fewer processes to start under emulation (allowed with --no-sandbox).
@@ -83,4 +84,4 @@ def start_chromium(port: int, results: Path, env: dict) -> subprocess.Popen:
          "--no-default-browser-check", "--disable-breakpad", "--disable-features=Translate,MediaRouter,OptimizationHints",
          "--autoplay-policy=no-user-gesture-required", "--user-data-dir=/tmp/chromium-profile", "--no-first-run",
          f"http://127.0.0.1:{port}/call_page.html"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

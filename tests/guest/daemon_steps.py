@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from camera_steps import device_format, video_devices
-from guest_io import JOB, RESULTS, mark, product_env, sh, step
-from sound_steps import top
+from guest_io import JOB, RESULTS, autogroup, mark, product_env, sh, step
 
 DAEMONS: list[subprocess.Popen] = []
 
@@ -64,17 +63,12 @@ def start_daemon(width: int, height: int, log_name: str, limit_s: float = 300) -
     log = (RESULTS / log_name).open("w")
     started = time.monotonic()
     process = subprocess.Popen([JOB["python"], "-m", "avatar_cam", "daemon", "--no-tray"], env=product_env(),
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True)  # its own scheduling group, as an app on a desktop
     DAEMONS.append(process)
     running = wait_running(limit_s)
     mark("daemon running", width=width, height=height)
-    return {"pid": process.pid, "seconds_to_running": round(time.monotonic() - started, 1), "status": running,
-            "format": device_format(),
+    return {"pid": process.pid, "autogroup": autogroup(process.pid),
+            "seconds_to_running": round(time.monotonic() - started, 1), "status": running, "format": device_format(),
             "devices": video_devices(), "sources": sh("pactl", "list", "short", "sources", env=product_env())["stdout"]}
 
-
-def daemon_threads() -> str:
-    """The newest daemon's threads and their CPU (top -H)."""
-    if not DAEMONS:
-        return ""
-    return top("-H", "-w", "200", "-p", str(DAEMONS[-1].pid))[:4000]

@@ -58,6 +58,20 @@ def product_env() -> dict:
             "PULSE_SERVER": f"unix:{RUNTIME}/pulse/native"}
 
 
+def autogroup(pid: int, nice: int | None = None) -> str:
+    """The process's scheduling group (a session of its own gets one: kernel.sched_autogroup_enabled), optionally
+    setting the group's nice first. A desktop gives each app its own group (systemd's app scopes, or autogroup per
+    session), so one app's own priorities (Chromium raises its threads to nice -8) weigh only among its own
+    threads; in one group they would starve every other process in the guest at nice 0, the daemon included."""
+    path = Path(f"/proc/{pid}/autogroup")
+    try:
+        if nice is not None:
+            path.write_text(str(nice))
+        return path.read_text().strip()
+    except OSError as exc:
+        return f"unknown ({exc})"
+
+
 def avatar_cam(*args: str, timeout: float = 120) -> dict:
     return sh(JOB["python"], "-m", "avatar_cam", *args, timeout=timeout, env=product_env())
 

@@ -22,10 +22,11 @@ import time
 import traceback
 from pathlib import Path
 
+import cpu_use
 from call_app import Page, serve, start_chromium
 from camera_steps import device_format, ffmpeg_capture, install_camera, video_devices
-from daemon_steps import DAEMONS, ctl, daemon_threads, start_daemon, status
-from guest_io import JOB, PAGES, REPORT, RESULTS, avatar_cam, mark, product_env, save, step, wait_for
+from daemon_steps import DAEMONS, ctl, start_daemon, status
+from guest_io import JOB, PAGES, REPORT, RESULTS, autogroup, avatar_cam, mark, product_env, save, step, wait_for
 from sound_steps import loudness, record_avatar_mic, sound_state, speak_and_wait, start_pulseaudio
 
 
@@ -35,7 +36,7 @@ def launch_call(page: Page) -> dict:
     the go (`open_call`) while the camera is installed and the daemon starts."""
     server = serve(page, Path(JOB["web"]), RESULTS, mark)
     browser = start_chromium(server.server_address[1], RESULTS, product_env())
-    return {"pid": browser.pid, "port": server.server_address[1]}
+    return {"pid": browser.pid, "port": server.server_address[1], "autogroup": autogroup(browser.pid)}
 
 
 @step("chromium opens the devices")
@@ -60,14 +61,16 @@ def snapshot(page: Page, name: str) -> None:
 def talking(page: Page) -> dict:
     recording = RESULTS / "avatar_mic.s16"
     recorder = record_avatar_mic(recording)
+    before = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes()
     time.sleep(JOB["silence_s"])
     mark("silence ends")
-    speak_and_wait(JOB["silence_s"])
+    speak_and_wait(JOB["silence_s"], short=False)
+    after = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes()
     snapshot(page, "widest_mouth")
-    recorder.terminate()
-    recorder.wait(timeout=30)
+    recorder.stop()
     return {"avatar_mic_as_parec_heard_it": loudness(recording), "status": status(),
-            "daemon_threads": daemon_threads(), **sound_state()}
+            "cpu_while_talking": {"daemon_threads": cpu_use.rates(before[0], after[0], 0),
+                                  "processes": cpu_use.rates(before[1], after[1])}, **sound_state()}
 
 
 @step("photo switch")

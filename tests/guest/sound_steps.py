@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from guest_io import EXTRA, JOB, RESULTS, RUNTIME, mark, product_env, sh, step
+from guest_io import EXTRA, JOB, RESULTS, RUNTIME, autogroup, mark, product_env, sh, step
 
 PA_CONFIG = """\
 load-module module-native-protocol-unix auth-anonymous=1
@@ -19,31 +19,43 @@ load-module module-null-sink sink_name=test_speaker rate=48000 channels=1
 set-default-sink test_speaker
 set-default-source test_speaker.monitor
 """
-PROBE_RATE, PROBE_BLOCK = 16000, 800  # the probe reads 50 ms blocks of 16 kHz mono
+PROBE_RATE, PROBE_BLOCK = 16000, 800  # the probe reads 50 ms blocks of 16 kHz mono (parec hands over 100 ms at a time)
 
 
 class VoiceProbe:
-    """parec on the microphone (test_speaker.monitor) at 16 kHz mono: (epoch ms, rms) of every 50 ms block as it
-    arrives. It also keeps the idle null sink's monitor flowing (see TESTING.md)."""
+    """parec on a source at 16 kHz mono: (epoch ms, rms) of every 50 ms block as it arrives, and the sound itself
+    in `keep` if given. On the microphone (test_speaker.monitor) it also keeps the idle null sink's monitor flowing
+    (see TESTING.md)."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "test_speaker.monitor", keep: Path | None = None) -> None:
         self.blocks: list[tuple[float, float]] = []
         self.lock = threading.Lock()
+        self.keep = keep.open("wb") if keep is not None else None
         self.process = subprocess.Popen(
-            ["parec", "-d", "test_speaker.monitor", "--raw", "--format=s16le", f"--rate={PROBE_RATE}",
-             "--channels=1", "--latency-msec=50"],
+            ["parec", "-d", source, "--raw", "--format=s16le", f"--rate={PROBE_RATE}", "--channels=1",
+             "--latency-msec=100"],
             env=product_env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        threading.Thread(target=self._read, name="voice-probe", daemon=True).start()
+        self.reader = threading.Thread(target=self._read, name="voice-probe", daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         while (data := self.process.stdout.read(2 * PROBE_BLOCK)):
+            if self.keep is not None:
+                self.keep.write(data)
             x = np.frombuffer(data, np.int16).astype(np.float32) / 32768
             with self.lock:
                 self.blocks.append((round(time.time() * 1000, 1), round(float(np.sqrt((x**2).mean())), 4)))
+        if self.keep is not None:
+            self.keep.close()
 
     def snapshot(self) -> list:
         with self.lock:
             return list(self.blocks)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.reader.join(timeout=30)
 
 
 @step("pulseaudio")
@@ -52,13 +64,15 @@ def start_pulseaudio() -> dict:
     config = RUNTIME / "pa.pa"
     config.write_text(PA_CONFIG)
     env = product_env()
-    # No real-time scheduling: under emulation its CPU-time limit would get the server killed; but a high
-    # priority (nice -11), as a desktop's sound server has (rtkit): at nice 0 beside Chromium (which as root
-    # renices itself to -8) its main thread fell up to a minute behind with the microphone's sound. The cheapest
-    # resampler, as the emulated guest barely keeps up.
-    subprocess.Popen(["pulseaudio", "--resample-method=trivial", "--realtime=no", "--high-priority=yes",
-                      "--no-cpu-limit", "--exit-idle-time=-1", "--disallow-exit", "-n", "-F", str(config),
-                      f"--log-target=file:{RESULTS}/pulseaudio.log"], env=env, stdin=subprocess.DEVNULL)
+    # No real-time scheduling: under emulation its CPU-time limit would get the server killed. Instead, as a
+    # desktop's sound server has (rtkit), priority: its own scheduling group (a session of its own) weighted as
+    # nice -11, so the apps beside it (Chromium, the daemon) cannot starve it. The cheapest resampler, as the
+    # emulated guest barely keeps up.
+    server = subprocess.Popen(["pulseaudio", "--resample-method=trivial", "--realtime=no", "--high-priority=yes",
+                               "--no-cpu-limit", "--exit-idle-time=-1", "--disallow-exit", "-n", "-F", str(config),
+                               f"--log-target=file:{RESULTS}/pulseaudio.log"], env=env, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
+    group = autogroup(server.pid, nice=-11)
     for _ in range(100):
         if sh("pactl", "info", env=env, timeout=5)["rc"] == 0:
             break
@@ -66,26 +80,29 @@ def start_pulseaudio() -> dict:
     probe = VoiceProbe()
     EXTRA["probe"] = probe.snapshot
     time.sleep(2)
-    return {"info": sh("pactl", "info", env=env)["stdout"][-600:]}
+    return {"info": sh("pactl", "info", env=env)["stdout"][-600:], "autogroup": group}
 
 
-def play_speech() -> subprocess.Popen:
-    mark("speech starts")
-    return subprocess.Popen(["paplay", "-d", "test_speaker", JOB["speech"]], env=product_env())
+def play_speech(short: bool) -> subprocess.Popen:
+    mark("speech starts", short=short)
+    return subprocess.Popen(["paplay", "-d", "test_speaker", JOB["speech_short" if short else "speech"]],
+                            env=product_env())
 
 
-def speak_and_wait(seconds_after: float) -> None:
-    player = play_speech()
+def speak_and_wait(seconds_after: float, short: bool = True) -> None:
+    """Play the speech (all three phrases, or the first two), then wait a little."""
+    player = play_speech(short)
     player.wait(timeout=120)
     mark("speech ends")
     time.sleep(seconds_after)
 
 
-def record_avatar_mic(path: Path) -> subprocess.Popen:
-    """Record "Avatar Cam Microphone" with parec beside Chromium: what the product plays, whatever the page hears."""
-    return subprocess.Popen(["parec", "-d", "avatar_cam_mic", "--raw", "--format=s16le", "--rate=16000",
-                             "--channels=1", str(path)], env=product_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def record_avatar_mic(path: Path) -> VoiceProbe:
+    """Record "Avatar Cam Microphone" beside Chromium, and when each block of it arrived: what the product plays,
+    whatever the page hears (and, against the page, how long Chromium itself takes to hear it)."""
+    probe = VoiceProbe("avatar_cam_mic", keep=path)
+    EXTRA["avatar_mic_probe"] = probe.snapshot
+    return probe
 
 
 def loudness(path: Path) -> dict:
@@ -96,15 +113,8 @@ def loudness(path: Path) -> dict:
             "blocks_over_0.01": int((rms > 0.01).sum())}
 
 
-def top(*args: str) -> str:
-    """top's second frame: the first shows each task's CPU averaged since it started (the imports, for a Python)."""
-    out = sh("top", "-b", "-n", "2", "-d", "3", *args, keep=100000)["stdout"]
-    return out[out.rfind("top - "):]
-
-
 def sound_state() -> dict:
-    """Who uses the CPU and what the sound server holds for whom (its buffers, per stream)."""
+    """What the sound server holds for whom (its buffers, per stream)."""
     env = product_env()
-    return {"top": top("-w", "200")[:4000],
-            "sink_inputs": sh("pactl", "list", "sink-inputs", env=env, keep=6000)["stdout"],
+    return {"sink_inputs": sh("pactl", "list", "sink-inputs", env=env, keep=6000)["stdout"],
             "source_outputs": sh("pactl", "list", "source-outputs", env=env, keep=8000)["stdout"]}
