@@ -49,5 +49,6 @@ def make_thread_realtime(thread_id: int, priority: int) -> int:
             return granted
     except DBusErrorResponse as exc:
         raise RtkitError(f"rtkit said no: {exc.name}: {' '.join(map(str, exc.data))}") from None
-    except (OSError, TimeoutError, KeyError, ValueError) as exc:  # no system bus, no rtkit, a hung bus
+    except (OSError, TimeoutError, KeyError, ValueError, IndexError, TypeError) as exc:
+        # no system bus, no rtkit, a hung bus, an answer not shaped as rtkit's
         raise RtkitError(f"no answer from rtkit on the system bus ({type(exc).__name__}: {exc})") from None

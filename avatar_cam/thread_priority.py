@@ -80,15 +80,19 @@ def keep_time(priority: int = KEEP_TIME_PRIORITY) -> str:
             return "real-time (rtkit)"
         except RtkitError as exc:
             why = f"{why}; {exc}"
-    elif sys.platform == "win32":
-        kernel32 = _kernel32()
-        if kernel32.SetThreadPriority(kernel32.GetCurrentThread(), 2):  # THREAD_PRIORITY_HIGHEST
-            return "high"
-        why = f"SetThreadPriority failed ({ctypes.get_last_error()})"
-    elif sys.platform == "darwin":
-        if ctypes.CDLL("/usr/lib/libSystem.dylib").pthread_set_qos_class_self_np(0x21, 0) == 0:  # USER_INTERACTIVE
-            return "high"
-        why = "pthread_set_qos_class_self_np failed"
+    else:  # Windows, macOS: a call that cannot be made (an old system) is a refusal, never the camera's end
+        try:
+            if sys.platform == "win32":
+                kernel32 = _kernel32()
+                if kernel32.SetThreadPriority(kernel32.GetCurrentThread(), 2):  # THREAD_PRIORITY_HIGHEST
+                    return "high"
+                why = f"SetThreadPriority failed ({ctypes.get_last_error()})"
+            elif sys.platform == "darwin":
+                if ctypes.CDLL("/usr/lib/libSystem.dylib").pthread_set_qos_class_self_np(0x21, 0) == 0:  # USER_INTERACTIVE
+                    return "high"
+                why = "pthread_set_qos_class_self_np failed"
+        except (OSError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
     if not _refusal_logged:
         _refusal_logged = True
         log.info("the camera's threads run at normal priority (%s): on a busy machine some frames may leave late. "
@@ -104,11 +108,13 @@ def back_to_normal() -> None:
     """The calling thread back to ordinary priority (always allowed)."""
     if PER_THREAD:  # (keeping SCHED_RESET_ON_FORK: only a privileged thread may clear it)
         os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
-    elif sys.platform == "win32":
-        kernel32 = _kernel32()
-        kernel32.SetThreadPriority(kernel32.GetCurrentThread(), 0)  # THREAD_PRIORITY_NORMAL
-    elif sys.platform == "darwin":
-        ctypes.CDLL("/usr/lib/libSystem.dylib").pthread_set_qos_class_self_np(0x15, 0)  # QOS_CLASS_DEFAULT
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        if sys.platform == "win32":
+            kernel32 = _kernel32()
+            kernel32.SetThreadPriority(kernel32.GetCurrentThread(), 0)  # THREAD_PRIORITY_NORMAL
+        elif sys.platform == "darwin":
+            ctypes.CDLL("/usr/lib/libSystem.dylib").pthread_set_qos_class_self_np(0x15, 0)  # QOS_CLASS_DEFAULT
 
 
 def can_keep_time() -> str:
