@@ -70,12 +70,10 @@ class VirtualMicrophone:
     """
 
     def __init__(self, ring: AudioRing, offset_ms: float = 0.0, initial_delay_s: float = 0.2,
-                 device: str | int | None = None, block_ms: float = 20.0, buffer_s: float = 0.1):
+                 device: str | int | None = None, block_ms: float = 10.0, buffer_s: float = 0.1):
         self.ring = ring
         self.delay = MeasuredDelay(offset_ms, initial_delay_s)
         self.device = device
-        # Each block wakes PortAudio's thread and ALSA's pulse thread, and takes the GIL: 20 ms blocks do that half
-        # as often as 10 ms ones (the voice waits ~0.2 s for the lips anyway), and the 0.1 s buffer holds five.
         self.block_ms = block_ms
         # The voice waits ~0.2 s for the lips anyway, so a deep output buffer costs nothing and rides out the
         # moments when inference starves the audio thread (a 2-core machine underran with 20 ms).
@@ -150,7 +148,7 @@ class VirtualMicrophone:
         return info["index"], round(info["default_samplerate"]), max(1, min(2, info["max_output_channels"]))
 
     def _open(self, index: int, rate: int, channels: int) -> None:
-        favour_audio_threads()  # the output callback, every block, must not wait 5 ms for the GIL
+        favour_audio_threads()  # the output callback, every 10 ms block, must not wait 5 ms for the GIL
         sd = sounddevice_module()
         tag = f"virtual-mic-{os.getpid()}"
         env = {}

@@ -25,7 +25,6 @@ import threading
 
 from avatar_cam import paths
 from avatar_cam.audio.devices import sounddevice_module
-from avatar_cam.audio.ring import SAMPLE_RATE
 from avatar_cam.errors import VirtualMicError
 
 log = logging.getLogger(__name__)
@@ -33,10 +32,7 @@ log = logging.getLogger(__name__)
 SINK = "avatar_cam_sink"
 SOURCE = "avatar_cam_mic"
 DESCRIPTION = "Avatar Cam Microphone"
-# The voice's own rate (the microphone's ring): the sound server converts it, in C, for whatever rate a call app
-# asks for. At 48 kHz our output callback upsampled every block 3x in Python (numpy windowed sinc): 87 instead of
-# 55 us per 10 ms of sound on the development machine; in the emulated guest the output thread took 20% of a vCPU.
-RATE = SAMPLE_RATE
+RATE = 48000
 _OPEN_LOCK = threading.Lock()  # PULSE_SINK & co. are process-wide: one stream opens at a time
 
 
