@@ -198,10 +198,10 @@ def test_the_budget_counts_the_whole_process(random_checkpoint, tmp_path, astron
             return
         if 3.0 < t < 5.0:
             allowed["before"] = pipe.mouths.target_hz()
-        elif 5.0 <= t < 8.5 and not busy.is_set():
+        elif 5.0 <= t < 7.5 and not busy.is_set():
             busy.set()
             threading.Thread(target=busy_thread, daemon=True).start()
-        elif t >= 8.5 and busy.is_set():
+        elif t >= 7.5 and busy.is_set():  # (2.5 s busy: more than the 2 s the budget averages over)
             allowed["busy"] = pipe.mouths.target_hz()
             busy.clear()
         allowed["after"] = pipe.mouths.target_hz()
@@ -215,6 +215,8 @@ def test_the_budget_counts_the_whole_process(random_checkpoint, tmp_path, astron
     floor = MIN_INFERENCE_SHARE * performance("balanced").cpu_budget
     assert allowed["busy"] < 0.6 * allowed["before"], allowed
     assert allowed["busy"] >= 0.9 * floor / 0.1, allowed  # (no inference costs 100 ms of CPU here)
+    # (6 s to recover: the CPU per inference is a median of the last 30, and those drawn beside the busy thread cost
+    # more; with 5 s it read 13.7 against 18.9 Hz once in CI)
     assert allowed["after"] > 0.75 * allowed["before"], allowed
 
 
