@@ -43,7 +43,11 @@ from avatar_cam.thread_priority import TimeKeeper, one_blas_thread
 
 log = logging.getLogger(__name__)
 
-MAX_HOLD_S = 0.1  # pacing never holds a frame longer than this (a wrong clock must not freeze the camera)
+MAX_HOLD_S = 0.1  # a paced frame waits for its own mouth at most this (+ 0.2 s) after its audio was complete
+# Pacing holds a frame until its voice plays: on a slow or busy machine the voice waits for the latest frames (the
+# p95 of their delay), so the earliest may be held several frame periods. Never later than this after its sound
+# was heard, though: a wrong clock must not hold the camera back further (nor its frames pile up in memory).
+MAX_PACED_DELAY_S = 1.5
 # The frame thread skips ahead when frames this far past the one it is on could already be drawn: drawing itself
 # cannot keep up (a machine too slow or too busy for the camera's rate). Longer than any wait of its own (a paced
 # frame waits for its mouth up to MAX_HOLD_S + 0.2 s after its audio), so only a real backlog is skipped.
@@ -164,10 +168,11 @@ class LivePipeline:
             self._emit(frame, rec)
             return
         if self._sender is None:
-            self._held = queue.Queue(maxsize=16)
+            # Room for every frame a hold can keep back, so the frame thread never waits for the sender.
+            self._held = queue.Queue(maxsize=math.ceil(MAX_PACED_DELAY_S * self.clock.fps) + 2)
             self._sender = threading.Thread(target=self._send_when_due, name="frame-sender", daemon=True)
             self._sender.start()
-        self._held.put((frame, rec, min(due, rec.drawn + MAX_HOLD_S)))
+        self._held.put((frame, rec, min(due, (rec.heard or rec.drawn) + MAX_PACED_DELAY_S)))
 
     def _send_when_due(self) -> None:
         """The sender thread: each held frame leaves at its due time (or at once, if that has passed)."""

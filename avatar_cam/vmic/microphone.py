@@ -335,7 +335,9 @@ class VirtualMicrophone:
         """`LivePipeline.pace`: when the voice at `audio_time` (input clock seconds) plays, so the frame showing
         it leaves with it (frame thread; None while nothing plays yet)."""
         playout = self.playout
-        return playout.play_time_of(audio_time * 16000) if playout is not None else None
+        # However long the voice waits (seconds, on a slow machine), the frame showing it waits with it.
+        horizon = self.delay.seconds + 0.5
+        return playout.play_time_of(audio_time * 16000, horizon) if playout is not None else None
 
     def set_offset_ms(self, offset_ms: float) -> None:
         """Manual correction on top of the measured delay (> 0 delays the voice more)."""
