@@ -52,7 +52,9 @@ class MouthWorker:
         self._mouths: deque[Mouth] = deque(taking_over._mouths if taking_over is not None else (), maxlen=16)
         self._next_due = float("-inf")  # frame index from which the rate cap allows the next mouth
         self._wall: deque[float] = deque(maxlen=30)  # seconds per inference, recent
-        self._cpu: deque[float] = deque(maxlen=30)  # CPU seconds per inference (this thread's), recent
+        # (monotonic, CPU seconds) of recent inferences (this thread's CPU): what one costs now is read over the
+        # last OTHERS_WINDOW_S, so the rate rises as soon as a busy spell ends (30 inferences took up to 4 s to forget it).
+        self._cpu: deque[tuple[float, float]] = deque(maxlen=64)
         self._inference_cpu = 0.0  # CPU seconds spent in inference so far (written by the mouths thread only)
         self._process: deque[tuple[float, float, float]] = deque()  # (monotonic, process CPU, inference CPU)
         self._target_hz = min(fps, mode.max_mouth_hz or fps)
@@ -130,8 +132,14 @@ class MouthWorker:
         budget = self.mode.cpu_budget
         if budget is not None and self._cpu:
             for_inference = max(budget - self.others_cores(), MIN_INFERENCE_SHARE * budget)
-            hz = min(hz, for_inference / max(float(np.median(self._cpu)), 1e-4))
+            hz = min(hz, for_inference / max(self._inference_cpu_s(), 1e-4))
         return max(hz, 1.0)
+
+    def _inference_cpu_s(self) -> float:
+        """The CPU an inference costs now: the median over the last OTHERS_WINDOW_S (at least the last 5)."""
+        now, recent = time.monotonic(), list(self._cpu)
+        within = [cpu for t, cpu in recent if now - t <= OTHERS_WINDOW_S]
+        return float(np.median(within if len(within) >= 5 else [cpu for _, cpu in recent[-5:]]))
 
     def others_cores(self) -> float:
         """Cores the process used outside inference over the last OTHERS_WINDOW_S (sampled on each call). Frame
@@ -178,9 +186,9 @@ class MouthWorker:
         if pixels is None:  # the face or engine changed meanwhile
             return
         self._wall.append(time.perf_counter() - t0)
-        self._cpu.append(cpu := time.thread_time() - c0)
+        cpu, now = time.thread_time() - c0, time.monotonic()
+        self._cpu.append((now, cpu))
         self._inference_cpu += cpu
-        now = time.monotonic()
         with self._cond:
             self._mouths.append(Mouth(index, audio_time, pixels[0], generation, now))
             self._cond.notify_all()
