@@ -132,10 +132,10 @@ class MouthWorker:
         budget = self.mode.cpu_budget
         if budget is not None and self._cpu:
             for_inference = max(budget - self.others_cores(), MIN_INFERENCE_SHARE * budget)
-            hz = min(hz, for_inference / max(self._inference_cpu_s(), 1e-4))
+            hz = min(hz, for_inference / max(self.inference_cpu_s(), 1e-4))
         return max(hz, 1.0)
 
-    def _inference_cpu_s(self) -> float:
+    def inference_cpu_s(self) -> float:
         """The CPU an inference costs now: the median over the last OTHERS_WINDOW_S (at least the last 5)."""
         now, recent = time.monotonic(), list(self._cpu)
         within = [cpu for t, cpu in recent if now - t <= OTHERS_WINDOW_S]
