@@ -62,8 +62,15 @@ def _print_av_sync(r: dict) -> None:
     print(f"  voice delayed {r['voice_delay_ms_p50']} ms (target {r['delay_ms']} ms); frames ready p5/p50/p95 "
           f"{r['frame_ready_ms_p5_p50_p95']} ms and sent p5/p50/p95 {r['frame_latency_ms_p5_p50_p95']} ms after "
           f"the sound was heard; voice similarity p5 {r['voice_similarity_p5']}")
-    print(f"  playout: {r['jumps']} jumps, {r['holds']} holds, {r['underruns']} underruns, "
-          f"clock drift {r['clock_drift_ppm']} ppm; CPU {r['cpu_pct']}% of one core while speaking")
+    print(f"  playout: {r['jumps']} jumps, {r['holds']} holds, {r['underruns']} underruns, {r['breakups']} breakups "
+          f"(the output thread late), clock drift {r['clock_drift_ppm']} ppm; CPU {r['cpu_pct']}% of one core "
+          f"while speaking")
+
+
+def _watchdog(vmic: VirtualMicrophone, stop: threading.Event) -> None:
+    """What the daemon's watchdog does for Avatar Cam Microphone (daemon/extras.py): a look every 0.25 s."""
+    while not stop.wait(0.25):
+        vmic.check()
 
 
 def _need_sound_server() -> None:
@@ -126,6 +133,9 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         camera = VirtualCameraSink(w, h, fps, backend=TIMED_BACKEND)
         stack.callback(camera.close)
         vmic = stack.enter_context(VirtualMicrophone(ring, offset_ms, initial_delay_s=clock.lookahead_s + 0.04))
+        watching = threading.Event()
+        threading.Thread(target=_watchdog, args=(vmic, watching), name="vmic-watchdog", daemon=True).start()
+        stack.callback(watching.set)
         # Every frame (stats.records is bounded): index, audio time its lips show, talking, latency, lateness, and
         # whether the mouth is its own.
         shown: list[tuple[int, float, bool, float | None, float | None, bool]] = []
@@ -184,6 +194,6 @@ def av_sync_bench(seconds: float = 30.0, photo: Path | None = None, audio: Path 
         "frame_latency_ms_p5_p50_p95": [round(1000 * float(v), 1) for v in np.percentile(latency, [5, 50, 95])],
         "frame_ready_ms_p5_p50_p95": [round(1000 * float(v), 1) for v in np.percentile(ready, [5, 50, 95])],
         "clock_drift_ppm": status["drift_ppm"], "jumps": status["jumps"], "holds": status["holds"],
-        "underruns": status["underruns"], "cpu_pct": cpu_pct,
+        "underruns": status["underruns"], "breakups": status["breakups"], "cpu_pct": cpu_pct,
     })
     return result

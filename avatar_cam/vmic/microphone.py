@@ -36,7 +36,6 @@ import time
 from avatar_cam.audio.devices import PORTAUDIO_LOCK, favour_audio_threads, sounddevice_module
 from avatar_cam.audio.ring import AudioRing
 from avatar_cam.errors import VirtualMicError
-from avatar_cam.vmic.buffering import OutputBuffering
 from avatar_cam.vmic.cables import find_virtual_cable
 from avatar_cam.vmic.delay import MeasuredDelay
 from avatar_cam.vmic.playout import DelayedPlayout
@@ -75,10 +74,14 @@ class VirtualMicrophone:
         self.ring = ring
         self.delay = MeasuredDelay(offset_ms, initial_delay_s)
         self.device = device
+        self.block_ms = block_ms
         # The voice waits ~0.2 s for the lips anyway, so a deep output buffer costs nothing and rides out the
-        # moments when inference starves the audio thread (a 2-core machine underran with 20 ms); where the voice
-        # still breaks up, it grows (buffering.py).
-        self.buffering = OutputBuffering(block_ms, buffer_s)
+        # moments when inference starves the audio thread (a 2-core machine underran with 20 ms).
+        self.buffer_s = buffer_s
+        # Blocks the sound server played a gap before (the output thread was late: a starved CPU): the voice broke
+        # up. (Growing the buffer when they repeat did not help where they happen, a CPU too slow for the whole
+        # job, and never triggered on a busy host: BENCHMARKS.md, session 8.)
+        self.breakups = 0
         self.devices: PulseDevices | None = None
         self.call_app_device = ""  # what the user picks as the microphone in the call app
         self.status_text = "stopped"
@@ -159,8 +162,7 @@ class VirtualMicrophone:
         with pulse_env(env):
             try:
                 self._stream = sd.OutputStream(device=index, samplerate=rate, channels=channels, dtype="float32",
-                                               blocksize=max(1, round(rate * self.buffering.block_ms / 1000)),
-                                               latency=self.buffering.buffer_s,
+                                               blocksize=max(1, round(rate * self.block_ms / 1000)), latency=self.buffer_s,
                                                callback=self._callback)
                 self._stream.start()
             except (sd.PortAudioError, ValueError) as e:
@@ -251,11 +253,9 @@ class VirtualMicrophone:
     def check(self) -> None:
         """The watchdog's look (every ~0.25 s): notice the sound server going away, and come back with it."""
         with self._lock:
-            now = time.monotonic()
-            if not self._closed and self._stream is not None and self.buffering.due(now):
-                self._buffer_more()
             if self._closed or self.devices is None and self._stream is not None:
                 return  # closed, or playing into a cable / a device we did not create
+            now = time.monotonic()
             silent = self._silence(now)
             if self._stream is not None:
                 if silent <= self.LOST_S or self._devices_still_there():
@@ -277,16 +277,6 @@ class VirtualMicrophone:
                 self._reopen_or_say_why()
             else:
                 self._come_back()
-
-    def _buffer_more(self) -> None:
-        """The voice keeps breaking up (the output thread cannot keep the buffer filled): reopen the stream with
-        larger blocks and a deeper buffer (watchdog's thread, under the lock)."""
-        self.buffering.grow()
-        log.warning("%s: the voice broke up %d times so far (a busy machine): now %.0f ms blocks in a %.0f ms "
-                    "buffer", DESCRIPTION, self.buffering.underflows, self.buffering.block_ms,
-                    1000 * self.buffering.buffer_s)
-        self._close_stream()
-        self._reopen_or_say_why()
 
     def _silence(self, now: float) -> float:
         """Seconds with no output callback, counting only time this process ran: on a starved CPU (a busy
@@ -367,8 +357,7 @@ class VirtualMicrophone:
             "state": self.status_text, "device": self.call_app_device,
             "delay_ms": round(1000 * self.delay.seconds, 1), "offset_ms": self.delay.offset_ms,
             "error_ms": round(1000 * p.last_error_s, 2) if p else None,
-            "buffer_ms": round(1000 * self.buffering.buffer_s), "block_ms": self.buffering.block_ms,
-            "breakups": self.buffering.underflows,
+            "breakups": self.breakups,
             "drift_ppm": round(1e6 * p.corrector.drift, 1) if p else None,
             "jumps": p.jumps if p else 0, "holds": p.holds if p else 0, "underruns": p.underruns if p else 0,
         }
@@ -378,7 +367,7 @@ class VirtualMicrophone:
         try:
             now = self._last_callback = time.monotonic()
             if status.output_underflow:
-                self.buffering.underflow(now)
+                self.breakups += 1
             lead = t.outputBufferDacTime - t.currentTime  # when this block's first sample will play
             if not 0.0 < lead < 1.0:
                 lead = self._fallback_lead
