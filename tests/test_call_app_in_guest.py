@@ -31,17 +31,19 @@ from vm import qemu_available  # noqa: E402
 EVIDENCE = scenario.REPO / ".guest-cache" / "evidence"
 ENABLE = "AVATAR_GUEST_TESTS"  # set to 1 to run the guest (tests/run.sh then installs QEMU and Chromium)
 GUEST_TIMEOUT_S = 1500  # a limit, not the expected time: checks.json's "steps" say where the time goes
-LAG_BOUND_MS = 1500  # voice onset to mouth opening, as Chromium received both (loose: emulation)
+# Voice onset to mouth opening, as Chromium received both: within a frame (the product's promise), give or take the
+# page's audio blocks (~85 ms) and where in its frame period a voice starts.
+LAG_SLACK_MS = 150
 
 
 @pytest.fixture(scope="module")
 def guest():
     if os.environ.get(ENABLE) != "1":
-        pytest.skip(f"the guest test is not green yet: 11 of its 13 checks pass (a run 4-7 min on a quiet host), "
-                    f"but in the emulated guest the daemon draws 1.8-3.5 frames a second (of 3 or 5 asked) and Chromium hears "
-                    f"Avatar Cam Microphone 0.2-0.35 s after a plain client does, so the mouth it sees leads the voice "
-                    f"it hears (median 0.1-0.7 s) and the two mouth-moves-with-the-voice checks fail; run it with "
-                    f"{ENABLE}=1 bash tests/run.sh -k call_app_in_guest -s -rs")
+        pytest.skip(f"the guest test is not part of the default run: on 2026-12-06 two of four runs passed all 13 "
+                    f"checks (4.5-5 min each); in the other two the host ran slower, and the emulated guest's CPU could "
+                    f"not keep the daemon, Chromium and PulseAudio going together: Avatar Cam Microphone's output "
+                    f"underflowed 150-500 times and Chromium heard the voice in pieces (BENCHMARKS.md, session 8); "
+                    f"run it with {ENABLE}=1 bash tests/run.sh -k call_app_in_guest -s -rs")
     try:
         qemu_available()
         build_kit()
@@ -131,12 +133,18 @@ def test_the_portrait_arrives_not_a_black_or_grey_frame(guest):
     assert seen["outside_mouth_diff_vs_other_photo"] > 2 * seen["outside_mouth_diff_median"]
 
 
+def spoken(seen: dict) -> list[dict]:
+    """The phrases heard (at least 0.4 s of voice: a phrase, not a click), each with the frames seen around it."""
+    return [p for p in seen["phrases"] if p["ms"] >= 400]
+
+
 def test_the_mouth_moves_with_the_voice_and_rests_in_silence(guest):
     _, _, summary = guest
     talk = summary["talking"]
-    assert talk["frames_in_voice"] >= 10 and talk["frames_in_silence"] >= 10, talk
-    assert talk["mouth_moved_in_voice"] > 0.5, talk
-    assert talk["mouth_moved_in_silence"] < 0.15, talk
+    phrases = spoken(talk)
+    assert len(phrases) >= 2 and all(p["frames"] >= 2 for p in phrases), talk
+    assert all(p["widest"] > analysis.MOUTH_OPEN for p in phrases), talk  # the face speaks with every phrase
+    assert talk["frames_in_silence"] >= 10 and talk["mouth_moved_in_silence"] < 0.15, talk
 
 
 def test_the_mouth_follows_the_voice_as_chromium_receives_them(guest):
@@ -144,7 +152,7 @@ def test_the_mouth_follows_the_voice_as_chromium_receives_them(guest):
     talk = summary["talking"]
     print(f"voice onset -> mouth opening, as Chromium received them: {talk['onset_to_mouth_ms']} ms")
     assert len(talk["onset_to_mouth_ms"]) >= 2, talk
-    assert abs(talk["median_onset_to_mouth_ms"]) < LAG_BOUND_MS, talk
+    assert abs(talk["median_onset_to_mouth_ms"]) < talk["frame_period_ms"] + LAG_SLACK_MS, talk
 
 
 def test_a_photo_switch_changes_the_face_and_the_track_stays_live(guest):
@@ -160,10 +168,10 @@ def test_a_photo_switch_changes_the_face_and_the_track_stays_live(guest):
 def test_pause_holds_the_mouth_still_and_resume_brings_it_back(guest):
     _, report, summary = guest
     step(report, "pause and resume")
-    paused, resumed = summary["pause"]["paused"], summary["pause"]["resumed"]
-    assert paused["frames_in_voice"] >= 5 and resumed["frames_in_voice"] >= 5, summary["pause"]
-    assert paused["mouth_moved_in_voice"] < 0.1, summary["pause"]
-    assert resumed["mouth_moved_in_voice"] > 0.5, summary["pause"]
+    paused, resumed = spoken(summary["pause"]["paused"]), spoken(summary["pause"]["resumed"])
+    assert paused and resumed and all(p["frames"] >= 2 for p in paused + resumed), summary["pause"]
+    assert all(p["widest"] <= analysis.MOUTH_OPEN for p in paused), summary["pause"]  # still, while the voice speaks
+    assert all(p["widest"] > analysis.MOUTH_OPEN for p in resumed), summary["pause"]
 
 
 def test_ffmpeg_reads_the_device(guest):

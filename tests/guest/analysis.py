@@ -7,6 +7,7 @@ All times are epoch milliseconds on the guest's clock, as the page stamped what 
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass
 
@@ -99,18 +100,54 @@ def share(values: list[bool]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
 
+def phrases(blocks: list[tuple[float, bool]]) -> list[Window]:
+    """Where the voice spoke: voiced blocks, words less than VOICE_GAP_MS apart joined into one phrase."""
+    spans: list[Window] = []
+    for t, voiced in blocks:
+        if not voiced:
+            continue
+        if spans and t - spans[-1].end <= VOICE_GAP_MS:
+            spans[-1].end = t
+        else:
+            spans.append(Window(t, t))
+    return spans
+
+
+def frame_period(video: list[dict]) -> float:
+    """The camera's frame period as the page received it (ms)."""
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(video)]
+    return statistics.median(gaps) if gaps else 0.0
+
+
+def speech_checks(blocks: list[tuple[float, bool]], mouths: list[tuple[float, float]], period: float) -> dict:
+    """Per phrase, how the mouth moved while it was heard (give or take a frame: the product keeps lips within a
+    frame of the voice), and whether it rested in silence (frames more than a frame away from any voice).
+
+    At the guest's few frames a second each frame samples one moment of speech, and speech closes the mouth
+    often (m, b, p, pauses between words): a phrase's widest opening says whether the face spoke with it."""
+    spoken = phrases(blocks)
+    out = []
+    for p in spoken:
+        near = [m for t, m in mouths if p.start - period <= t <= p.end + period]
+        out.append({"start": p.start, "ms": round(p.end - p.start), "frames": len(near),
+                    "widest": round(max(near), 2) if near else None,
+                    "moved": share([m > MOUTH_OPEN for m in near])})
+    in_silence = [m > MOUTH_OPEN for t, m in mouths
+                  if voiced_at(blocks, t) is False
+                  and all(not (p.start - period - 150 <= t <= p.end + period + 150) for p in spoken)]
+    return {"phrases": out, "frames_in_silence": len(in_silence), "mouth_moved_in_silence": share(in_silence)}
+
+
 def talking_checks(report: dict, names: list[str]) -> dict:
     page, m = report["page"], marks(report)
     window = Window(m.get("silence ends", 0) - 2500, m.get("ctl photo", float("inf")))
     blocks, threshold = voice_blocks([a for a in page["audio"] if window.holds(a["t"])])
     mouths = mouth_openings(page["video"], names, report, window)
-    in_voice = [mo > MOUTH_OPEN for t, mo in mouths if voiced_at(blocks, t) is True]
-    in_silence = [mo > MOUTH_OPEN for t, mo in mouths if voiced_at(blocks, t) is False]
     onsets = voice_onsets(blocks)
     lags = onset_lags(onsets, mouths)
-    return {"voice_threshold_rms": threshold, "frames": len(mouths), "frames_in_voice": len(in_voice),
-            "frames_in_silence": len(in_silence), "mouth_moved_in_voice": share(in_voice),
-            "mouth_moved_in_silence": share(in_silence), "voice_onsets": len(onsets), "onset_to_mouth_ms": lags,
+    return {"voice_threshold_rms": threshold, "frames": len(mouths), "frame_period_ms": frame_period(page["video"]),
+            **speech_checks(blocks, mouths, frame_period(page["video"])),
+            "voice_onsets": len(onsets), "onset_to_mouth_ms": lags,
             "median_onset_to_mouth_ms": statistics.median(lags) if lags else None}
 
 
@@ -142,8 +179,7 @@ def pause_checks(report: dict, names: list[str]) -> dict:
     for label, window in (("paused", paused), ("resumed", resumed)):
         blocks, _ = voice_blocks([a for a in page["audio"] if window.holds(a["t"])])
         mouths = mouth_openings(page["video"], names, report, window)
-        voiced = [mo > MOUTH_OPEN for t, mo in mouths if voiced_at(blocks, t) is True]
-        result[label] = {"frames": len(mouths), "frames_in_voice": len(voiced), "mouth_moved_in_voice": share(voiced)}
+        result[label] = {"frames": len(mouths), **speech_checks(blocks, mouths, frame_period(page["video"]))}
     return result
 
 
