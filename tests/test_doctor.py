@@ -103,7 +103,7 @@ def test_a_check_that_raises_is_reported_not_crashed(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(doctor, "check_openvino", broken)
     # In this process, PortAudio must not be loaded (it would keep whatever device list it saw now, for the
     # tests after this one) and the tray check must not open a display.
-    monkeypatch.setattr(doctor, "_sounddevice", no_portaudio)
+    monkeypatch.setattr(doctor.host, "sounddevice", no_portaudio)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
 
@@ -136,32 +136,32 @@ def fake_sys(root: Path, cards: dict[str, str], exclusive_caps: str | None) -> P
 
 @pytest.fixture()
 def linux(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(doctor, "_system", lambda: "linux")
+    monkeypatch.setattr(doctor.host, "system", lambda: "linux")
     return monkeypatch
 
 
 def test_camera_ok_with_our_device_and_exclusive_caps(linux, tmp_path: Path):
-    linux.setattr(doctor, "SYS", fake_sys(tmp_path, {"video10": "Avatar Cam"}, "Y,N,N,N,N,N,N,N"))
+    linux.setattr(doctor.camera, "SYS", fake_sys(tmp_path, {"video10": "Avatar Cam"}, "Y,N,N,N,N,N,N,N"))
     ok, detail, fix = doctor.check_virtual_camera()
     assert ok and "/dev/video10" in detail and fix is None
 
 
 def test_camera_without_exclusive_caps_is_a_problem(linux, tmp_path: Path):
-    linux.setattr(doctor, "SYS", fake_sys(tmp_path, {"video10": "Avatar Cam"}, "N,N,N,N,N,N,N,N"))
+    linux.setattr(doctor.camera, "SYS", fake_sys(tmp_path, {"video10": "Avatar Cam"}, "N,N,N,N,N,N,N,N"))
     ok, detail, fix = doctor.check_virtual_camera()
     assert not ok and "Chrome" in detail
     assert fix.startswith("sudo modprobe -r v4l2loopback && sudo modprobe v4l2loopback") and "exclusive_caps=1" in fix
 
 
 def test_loopback_loaded_by_someone_else(linux, tmp_path: Path):
-    linux.setattr(doctor, "SYS", fake_sys(tmp_path, {"video0": "OBS Virtual Camera"}, "Y"))
+    linux.setattr(doctor.camera, "SYS", fake_sys(tmp_path, {"video0": "OBS Virtual Camera"}, "Y"))
     ok, detail, fix = doctor.check_virtual_camera()
     assert not ok and '"OBS Virtual Camera"' in detail and "modprobe -r" in fix
 
 
 def test_module_installed_but_not_loaded(linux, tmp_path: Path):
-    linux.setattr(doctor, "SYS", fake_sys(tmp_path, {}, None))
-    linux.setattr(doctor, "_module_available", lambda name: True)
+    linux.setattr(doctor.camera, "SYS", fake_sys(tmp_path, {}, None))
+    linux.setattr(doctor.camera, "_module_available", lambda name: True)
     ok, detail, fix = doctor.check_virtual_camera()
     assert not ok and "not loaded" in detail and "Secure Boot" in detail
     assert fix == 'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="Avatar Cam" exclusive_caps=1'
@@ -169,7 +169,7 @@ def test_module_installed_but_not_loaded(linux, tmp_path: Path):
 
 def test_camera_at_boot_reads_what_the_installer_writes(linux, tmp_path: Path):
     etc = tmp_path / "etc"
-    linux.setattr(doctor, "ETC", etc)
+    linux.setattr(doctor.camera, "ETC", etc)
     ok, detail, fix = doctor.check_camera_at_boot()
     assert not ok and "/etc/modprobe.d/avatar-cam.conf" in fix and "/etc/modules-load.d/avatar-cam.conf" in fix
 
@@ -186,21 +186,21 @@ def test_camera_at_boot_reads_what_the_installer_writes(linux, tmp_path: Path):
 
 
 def test_windows_and_macos_virtual_microphone_by_name(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(doctor, "_devices", lambda kind: ["Speakers (Realtek)", "CABLE Input (VB-Audio Virtual Cable)"])
-    monkeypatch.setattr(doctor, "_system", lambda: "win32")
+    monkeypatch.setattr(doctor.host, "devices", lambda kind: ["Speakers (Realtek)", "CABLE Input (VB-Audio Virtual Cable)"])
+    monkeypatch.setattr(doctor.host, "system", lambda: "win32")
     assert doctor.check_virtual_microphone()[0]
-    monkeypatch.setattr(doctor, "_system", lambda: "darwin")
+    monkeypatch.setattr(doctor.host, "system", lambda: "darwin")
     ok, _, fix = doctor.check_virtual_microphone()
     assert not ok and fix == "brew install --cask blackhole-2ch"
-    monkeypatch.setattr(doctor, "_devices", lambda kind: ["MacBook Speakers", "BlackHole 2ch"])
+    monkeypatch.setattr(doctor.host, "devices", lambda kind: ["MacBook Speakers", "BlackHole 2ch"])
     assert doctor.check_virtual_microphone()[0]
 
 
 def test_macos_camera_needs_obs_30(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     import plistlib
 
-    monkeypatch.setattr(doctor, "_system", lambda: "darwin")
-    monkeypatch.setattr(doctor, "OBS_MAC_APP", tmp_path / "OBS.app")
+    monkeypatch.setattr(doctor.host, "system", lambda: "darwin")
+    monkeypatch.setattr(doctor.camera, "OBS_MAC_APP", tmp_path / "OBS.app")
     ok, _, fix = doctor.check_virtual_camera()
     assert not ok and fix == "brew install --cask obs"
 
@@ -212,9 +212,9 @@ def test_macos_camera_needs_obs_30(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
     info.write_bytes(plistlib.dumps({"CFBundleShortVersionString": "30.2.3"}))
     listing = "com.obsproject.obs-studio.mac-camera-extension (30.2.3/30.2.3)\tOBS Virtual Camera\t[activated enabled]"
-    monkeypatch.setattr(doctor, "_run", lambda *cmd, **kw: argparse.Namespace(stdout=listing, returncode=0))
+    monkeypatch.setattr(doctor.host, "run", lambda *cmd, **kw: argparse.Namespace(stdout=listing, returncode=0))
     assert doctor.check_virtual_camera()[0]
-    monkeypatch.setattr(doctor, "_run", lambda *cmd, **kw: argparse.Namespace(stdout="0 extension(s)\n", returncode=0))
+    monkeypatch.setattr(doctor.host, "run", lambda *cmd, **kw: argparse.Namespace(stdout="0 extension(s)\n", returncode=0))
     ok, detail, fix = doctor.check_virtual_camera()
     assert not ok and "start OBS once" in detail and fix == "open -a OBS"
 

@@ -1,4 +1,4 @@
-"""`avatar-cam doctor [--json]`: run the checks (avatar_cam/doctor.py) and print each with its fix."""
+"""`avatar-cam doctor [--json]`: run the checks (avatar_cam/doctor/) and print each with its fix."""
 
 from __future__ import annotations
 
