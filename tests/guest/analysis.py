@@ -145,8 +145,9 @@ def talking_checks(report: dict, names: list[str]) -> dict:
     mouths = mouth_openings(page["video"], names, report, window)
     onsets = voice_onsets(blocks)
     lags = onset_lags(onsets, mouths)
-    return {"voice_threshold_rms": threshold, "frames": len(mouths), "frame_period_ms": frame_period(page["video"]),
-            **speech_checks(blocks, mouths, frame_period(page["video"])),
+    period = frame_period(page["video"])
+    return {"voice_threshold_rms": threshold, "frames": len(mouths), "frame_period_ms": period,
+            **speech_checks(blocks, mouths, period),
             "voice_onsets": len(onsets), "onset_to_mouth_ms": lags,
             "median_onset_to_mouth_ms": statistics.median(lags) if lags else None}
 
@@ -175,11 +176,11 @@ def pause_checks(report: dict, names: list[str]) -> dict:
     page, m = report["page"], marks(report)
     paused = Window(m.get("ctl pause answered", float("inf")), m.get("ctl resume", float("inf")))
     resumed = Window(m.get("ctl resume answered", float("inf")), m.get("ctl quit", float("inf")))
-    result = {}
+    result, period = {}, frame_period(page["video"])
     for label, window in (("paused", paused), ("resumed", resumed)):
         blocks, _ = voice_blocks([a for a in page["audio"] if window.holds(a["t"])])
         mouths = mouth_openings(page["video"], names, report, window)
-        result[label] = {"frames": len(mouths), **speech_checks(blocks, mouths, frame_period(page["video"]))}
+        result[label] = {"frames": len(mouths), **speech_checks(blocks, mouths, period)}
     return result
 
 
