@@ -3,7 +3,10 @@
 One boot runs everything in order (tests/guest/in_guest.py): the install script's camera step, the daemon
 with the Lite engine and Avatar Cam Microphone, Chromium reading both devices while speech plays, a photo
 switch, pause and resume, ffmpeg reading the device beside Chromium, and a restart at another size. The
-tests below then read what was seen. Skipped, with the reason, where QEMU or the Debian kernel pieces cannot be had.
+tests below then read what was seen. Part of the default run (`AVATAR_GUEST_TESTS=0` leaves it out); skipped, with
+the reason, where QEMU or the Debian kernel pieces cannot be had. The checks of the voice's timing (the mouth with
+every phrase, onset to opening, the mouth after resume) need a guest that keeps real time: they skip, with the
+figures, on a day the emulated guest runs too slowly for that (SPEED_LIMIT_S); the rest always asserts.
 
 Evidence: .guest-cache/evidence/ (report.json: everything the guest measured; checks.json: the summary;
 chromium_*.png: frames as Chromium drew them; console.log, guest.log, daemon*.log, chromium.log).
@@ -29,21 +32,22 @@ from kit import GuestKitMissing, build_kit  # noqa: E402
 from vm import qemu_available  # noqa: E402
 
 EVIDENCE = scenario.REPO / ".guest-cache" / "evidence"
-ENABLE = "AVATAR_GUEST_TESTS"  # set to 1 to run the guest (tests/run.sh then installs QEMU and Chromium)
+ENABLE = "AVATAR_GUEST_TESTS"  # 0 turns the guest off for a quick run (tests/run.sh then skips QEMU and Chromium too)
 GUEST_TIMEOUT_S = 1500  # a limit, not the expected time: checks.json's "steps" say where the time goes
 # Voice onset to mouth opening, as Chromium received both: within a frame (the product's promise), give or take the
 # page's audio blocks (~85 ms) and where in its frame period a voice starts.
 LAG_SLACK_MS = 150
+# The voice's timing as Chromium receives it holds only where the emulated guest keeps real time with the daemon,
+# Chromium and PulseAudio together, which depends on the host's speed that day. The guest's speed is measured before
+# any of them runs (tests/guest/speed.py: the same small workload takes 50-70 ms on the host); slower than this, the
+# checks of the voice's timing report what they saw and skip, with the figures (BENCHMARKS.md, session 9).
+SPEED_LIMIT_S = 0.85
 
 
 @pytest.fixture(scope="module")
 def guest():
-    if os.environ.get(ENABLE) != "1":
-        pytest.skip(f"the guest test is not part of the default run: on 2026-12-06 two of four runs passed all 13 "
-                    f"checks (4.5-5 min each); in the other two the host ran slower, and the emulated guest's CPU could "
-                    f"not keep the daemon, Chromium and PulseAudio going together: Avatar Cam Microphone's output "
-                    f"underflowed 150-500 times and Chromium heard the voice in pieces (BENCHMARKS.md, session 8); "
-                    f"run it with {ENABLE}=1 bash tests/run.sh -k call_app_in_guest -s -rs")
+    if os.environ.get(ENABLE) == "0":
+        pytest.skip(f"{ENABLE}=0: the guest test was turned off for this run")
     try:
         qemu_available()
         build_kit()
@@ -58,11 +62,17 @@ def guest():
     checks = {"boot": {"returncode": booted.returncode, "seconds": round(booted.seconds, 1),
                        "kernel_to_checks_s": float(up.group(1)) if up else None},
               "steps": {k: {"ok": v["ok"], "seconds": v["seconds"]} for k, v in report.get("steps", {}).items()},
-              "cpu_while_talking": cpu_while_talking(report), **summary}
+              "speed": speed_today(report), "cpu_while_talking": cpu_while_talking(report), **summary}
     (EVIDENCE / "checks.json").write_text(json.dumps(checks, indent=1))
     print(f"\nguest evidence: {EVIDENCE} (checks.json, report.json, chromium_*.png)")
     print(json.dumps(checks, indent=1))
     return booted, report, summary
+
+
+def speed_today(report: dict) -> dict:
+    """The same small workload on the host and in the guest before anything ran (tests/guest/speed.py)."""
+    host, guest = report["job"].get("host_speed_s"), report.get("speed_s")
+    return {"host_s": host, "guest_s": guest, "guest_slower_x": round(guest / host, 1) if host and guest else None}
 
 
 def cpu_while_talking(report: dict) -> dict | None:
@@ -70,7 +80,8 @@ def cpu_while_talking(report: dict) -> dict | None:
     talked = report.get("steps", {}).get("talking", {}).get("result", {}).get("cpu_while_talking")
     if not talked:
         return None
-    return {"processes": talked["processes"][:10], "daemon_threads": talked["daemon_threads"][:8]}
+    return {"processes": talked["processes"][:10], "daemon_threads": talked["daemon_threads"][:8],
+            "harness_threads": talked.get("harness_threads", [])[:6]}
 
 
 def step(report: dict, name: str) -> dict:
@@ -78,6 +89,15 @@ def step(report: dict, name: str) -> dict:
     assert found is not None, f"the guest never reached step {name!r}"
     assert found["ok"], found.get("error")
     return found["result"]
+
+
+def in_real_time(report: dict, what: str) -> None:
+    """Skip `what` where the guest ran too slowly to keep the voice in real time (see SPEED_LIMIT_S)."""
+    speed = report.get("speed_s")
+    if speed is None or speed > SPEED_LIMIT_S:
+        pytest.skip(f"{what}: the emulated guest ran too slowly today to keep the voice in real time (its speed test "
+                    f"took {speed} s, over {SPEED_LIMIT_S} s; the host's took {report['job'].get('host_speed_s')} s); "
+                    f"what it saw is in {EVIDENCE}/checks.json")
 
 
 def test_the_guest_boots_runs_the_checks_and_powers_off(guest):
@@ -116,11 +136,12 @@ def test_chromium_is_told_the_camera_s_frame_rate(guest):
     assert video["settings"]["frameRate"] == pytest.approx(scenario.FPS), video  # was 30 whatever the rate
 
 
-def test_the_product_plays_the_voice_into_avatar_cam_microphone(guest):
-    # What parec recorded from the device beside Chromium: the product's side, whatever the page heard.
-    _, report, _ = guest
-    heard = step(report, "talking")["avatar_mic_as_parec_heard_it"]
-    assert heard["rms_max"] > 0.01 and heard["blocks_over_0.01"] >= 10, heard
+def test_chromium_hears_the_voice_from_avatar_cam_microphone(guest):
+    # The speech is ~6 s of voice in three phrases; in pieces or not, the call app hears it.
+    _, report, summary = guest
+    step(report, "talking")
+    talk = summary["talking"]
+    assert talk["loudest_rms"] > 0.01 and talk["voiced_s"] >= 2.0, talk
 
 
 def test_the_portrait_arrives_not_a_black_or_grey_frame(guest):
@@ -138,19 +159,26 @@ def spoken(seen: dict) -> list[dict]:
     return [p for p in seen["phrases"] if p["ms"] >= 400]
 
 
-def test_the_mouth_moves_with_the_voice_and_rests_in_silence(guest):
+def test_the_mouth_rests_in_silence(guest):
     _, _, summary = guest
     talk = summary["talking"]
-    phrases = spoken(talk)
-    assert len(phrases) >= 2 and all(p["frames"] >= 2 for p in phrases), talk
-    assert all(p["widest"] > analysis.MOUTH_OPEN for p in phrases), talk  # the face speaks with every phrase
     assert talk["frames_in_silence"] >= 10 and talk["mouth_moved_in_silence"] < 0.15, talk
 
 
+def test_the_mouth_opens_with_every_phrase_heard(guest):
+    _, report, summary = guest
+    talk = summary["talking"]
+    in_real_time(report, "the mouth with every phrase")
+    phrases = spoken(talk)
+    assert len(phrases) >= 2 and all(p["frames"] >= 2 for p in phrases), talk
+    assert all(p["widest"] > analysis.MOUTH_OPEN for p in phrases), talk  # the face speaks with every phrase
+
+
 def test_the_mouth_follows_the_voice_as_chromium_receives_them(guest):
-    _, _, summary = guest
+    _, report, summary = guest
     talk = summary["talking"]
     print(f"voice onset -> mouth opening, as Chromium received them: {talk['onset_to_mouth_ms']} ms")
+    in_real_time(report, "voice onset to mouth opening")
     assert len(talk["onset_to_mouth_ms"]) >= 2, talk
     assert abs(talk["median_onset_to_mouth_ms"]) < talk["frame_period_ms"] + LAG_SLACK_MS, talk
 
@@ -165,12 +193,20 @@ def test_a_photo_switch_changes_the_face_and_the_track_stays_live(guest):
     assert summary["ended_before_restart"] == [], summary["track_events"]
 
 
-def test_pause_holds_the_mouth_still_and_resume_brings_it_back(guest):
+def test_pause_holds_the_mouth_still_while_the_voice_speaks(guest):
     _, report, summary = guest
     step(report, "pause and resume")
-    paused, resumed = spoken(summary["pause"]["paused"]), spoken(summary["pause"]["resumed"])
-    assert paused and resumed and all(p["frames"] >= 2 for p in paused + resumed), summary["pause"]
-    assert all(p["widest"] <= analysis.MOUTH_OPEN for p in paused), summary["pause"]  # still, while the voice speaks
+    paused = spoken(summary["pause"]["paused"])
+    assert paused and all(p["frames"] >= 2 for p in paused), summary["pause"]
+    assert all(p["widest"] <= analysis.MOUTH_OPEN for p in paused), summary["pause"]
+
+
+def test_resume_brings_the_mouth_back(guest):
+    _, report, summary = guest
+    step(report, "pause and resume")
+    in_real_time(report, "the mouth after resume")
+    resumed = spoken(summary["pause"]["resumed"])
+    assert resumed and all(p["frames"] >= 2 for p in resumed), summary["pause"]
     assert all(p["widest"] > analysis.MOUTH_OPEN for p in resumed), summary["pause"]
 
 

@@ -141,12 +141,15 @@ def speech_checks(blocks: list[tuple[float, bool]], mouths: list[tuple[float, fl
 def talking_checks(report: dict, names: list[str]) -> dict:
     page, m = report["page"], marks(report)
     window = Window(m.get("silence ends", 0) - 2500, m.get("ctl photo", float("inf")))
-    blocks, threshold = voice_blocks([a for a in page["audio"] if window.holds(a["t"])])
+    heard = [a for a in page["audio"] if window.holds(a["t"])]
+    blocks, threshold = voice_blocks(heard)
     mouths = mouth_openings(page["video"], names, report, window)
     onsets = voice_onsets(blocks)
     lags = onset_lags(onsets, mouths)
     period = frame_period(page["video"])
-    return {"voice_threshold_rms": threshold, "frames": len(mouths), "frame_period_ms": period,
+    return {"loudest_rms": round(max((a["rms"] for a in heard), default=0.0), 4),
+            "voiced_s": round(sum(a["seconds"] for a, (_, voiced) in zip(heard, blocks, strict=True) if voiced), 2),
+            "voice_threshold_rms": threshold, "frames": len(mouths), "frame_period_ms": period,
             **speech_checks(blocks, mouths, period),
             "voice_onsets": len(onsets), "onset_to_mouth_ms": lags,
             "median_onset_to_mouth_ms": statistics.median(lags) if lags else None}
@@ -202,13 +205,10 @@ def restart_checks(report: dict) -> dict:
 
 def voice_path(report: dict, names: list[str]) -> dict:
     """When each phrase reached the microphone (the voice probe, a plain client beside the daemon), and how much later
-    a plain client (parec, while talking) heard it from Avatar Cam Microphone, Chromium heard it there and saw the
-    mouth open: the product's whole delay, end to end, and Chromium's own share
+    Chromium heard it from Avatar Cam Microphone and saw the mouth open: the product's whole delay, end to end
     (None: not within PATH_SEARCH_MS; phrases are ~4.5 s apart)."""
     probe = [{"t": t, "rms": rms} for t, rms in report.get("probe", [])]
     at_mic = voice_onsets(voice_blocks(probe)[0])
-    played = [{"t": t, "rms": rms} for t, rms in report.get("avatar_mic_probe", [])]  # while talking only
-    at_avatar_mic = voice_onsets(voice_blocks(played)[0])
     heard = voice_onsets(voice_blocks(report["page"]["audio"])[0])
     mouths = mouth_openings(report["page"]["video"], names, report, Window(0, float("inf")))
     opened = [t for t, m in mouths if m > MOUTH_OPEN]
@@ -216,16 +216,12 @@ def voice_path(report: dict, names: list[str]) -> dict:
     for onset in at_mic:
         chromium = next((t for t in heard if onset - 200 <= t <= onset + PATH_SEARCH_MS), None)
         mouth = next((t for t in opened if onset - 200 <= t <= onset + PATH_SEARCH_MS), None)
-        product = next((t for t in at_avatar_mic if onset - 200 <= t <= onset + PATH_SEARCH_MS), None)
         out.append({"at_mic": onset, "heard_ms": None if chromium is None else round(chromium - onset),
-                    "mouth_ms": None if mouth is None else round(mouth - onset),
-                    "avatar_mic_ms": None if product is None else round(product - onset)})
-    played_ms = [o["avatar_mic_ms"] for o in out if o["avatar_mic_ms"] is not None]
+                    "mouth_ms": None if mouth is None else round(mouth - onset)})
     heard_ms = [o["heard_ms"] for o in out if o["heard_ms"] is not None]
     mouth_ms = [o["mouth_ms"] for o in out if o["mouth_ms"] is not None]
     return {"phrases": out, "median_heard_ms": statistics.median(heard_ms) if heard_ms else None,
-            "median_mouth_ms": statistics.median(mouth_ms) if mouth_ms else None,
-            "median_avatar_mic_ms": statistics.median(played_ms) if played_ms else None}
+            "median_mouth_ms": statistics.median(mouth_ms) if mouth_ms else None}
 
 
 def devices_listed(report: dict) -> dict:

@@ -23,11 +23,12 @@ import traceback
 from pathlib import Path
 
 import cpu_use
+import speed
 from call_app import Page, serve, start_chromium
 from camera_steps import device_format, ffmpeg_capture, install_camera, video_devices
 from daemon_steps import DAEMONS, ctl, start_daemon, status
 from guest_io import JOB, PAGES, REPORT, RESULTS, autogroup, avatar_cam, mark, product_env, save, step, wait_for
-from sound_steps import loudness, record_avatar_mic, sound_state, speak_and_wait, start_pulseaudio
+from sound_steps import sound_state, speak_and_wait, start_pulseaudio
 
 
 @step("chromium starts")
@@ -59,18 +60,17 @@ def snapshot(page: Page, name: str) -> None:
 
 @step("talking")
 def talking(page: Page) -> dict:
-    recording = RESULTS / "avatar_mic.s16"
-    recorder = record_avatar_mic(recording)
-    before = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes()
+    harness = os.getpid()
+    before = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes(), cpu_use.threads(harness)
     time.sleep(JOB["silence_s"])
     mark("silence ends")
     speak_and_wait(JOB["silence_s"], short=False)
-    after = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes()
+    after = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes(), cpu_use.threads(harness)
     snapshot(page, "widest_mouth")
-    recorder.stop()
-    return {"avatar_mic_as_parec_heard_it": loudness(recording), "status": status(),
+    return {"status": status(),
             "cpu_while_talking": {"daemon_threads": cpu_use.rates(before[0], after[0], 0),
-                                  "processes": cpu_use.rates(before[1], after[1])}, **sound_state()}
+                                  "processes": cpu_use.rates(before[1], after[1]),
+                                  "harness_threads": cpu_use.rates(before[2], after[2], 0)}, **sound_state()}
 
 
 @step("photo switch")
@@ -146,6 +146,8 @@ def main() -> int:
 
     REPORT["product_path"] = product.__file__  # this checkout's (see guest_main.sh), not an installed one
     mark("guest checks start")
+    REPORT["speed_s"] = speed.measure()  # before anything else runs: how fast the guest is today
+    mark("speed", seconds=REPORT["speed_s"])
     page = Page()
     PAGES.append(page)
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import soundfile
+import speed
 from kit import GuestKit, build_kit
 from vm import Boot, boot
 
@@ -98,7 +99,7 @@ def prepare(results: Path, kit: GuestKit, timeout_s: float) -> dict:
            "speech": str(guest / "speech.wav"), "speech_short": str(short_path(guest / "speech.wav")),
            "speech_spans": spans, "web": str(guest / "web"),
            "first_size": FIRST_SIZE, "second_size": SECOND_SIZE, "fps": FPS, "silence_s": 3, "ffmpeg_s": 4,
-           "references": references}
+           "references": references, "host_speed_s": speed.measure()}
     (results / "job.json").write_text(json.dumps(job, indent=1))
     # GUEST_REPO goes first on the guest's PYTHONPATH: the Python may have another checkout of the product
     # installed (an editable install of the main worktree), and the guest must run this one.
