@@ -125,7 +125,8 @@ def run(results: Path, timeout_s: float = 600) -> tuple[Boot, dict]:
     precompile()
     prepare(results, kit, timeout_s - 60)
     pause = os.environ.get("AVATAR_GUEST_PAUSE_FILE")
-    booted = boot(kit, HERE / "guest_main.sh", results, timeout_s, Path(pause) if pause else None)
+    booted = boot(kit, HERE / "guest_main.sh", results, timeout_s, Path(pause) if pause else None,
+                  show=[REPO, Path(sys.executable)])
     report_path = results / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return booted, report

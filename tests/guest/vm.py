@@ -50,19 +50,42 @@ def _accel() -> list[str]:
     return ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]
 
 
-def qemu_command(kit: GuestKit, guest_main: Path, results: Path, memory: str = "6G") -> list[str]:
+GUEST_OWN = ("/tmp", "/var/tmp", "/run")  # the guest mounts folders of its own there (initramfs_init.sh)
+
+
+def hidden_in_guest(paths: list[Path]) -> list[str]:
+    """The host folders the guest must be shown explicitly: for each of `paths` under one of the guest's own
+    folders (a clean clone in /tmp, its venv), the folder just below that one (/tmp/ci-clone)."""
+    shown = set()
+    for path in paths:
+        parts = Path(os.path.abspath(path)).parts
+        for own in GUEST_OWN:
+            depth = len(Path(own).parts)
+            if parts[:depth] == Path(own).parts and len(parts) > depth:
+                shown.add(str(Path(*parts[: depth + 1])))
+    if any("," in s or " " in s for s in shown):
+        raise GuestKitMissing(f"the guest cannot be shown a folder whose name has a comma or a space: {sorted(shown)}")
+    return sorted(shown)
+
+
+def qemu_command(kit: GuestKit, guest_main: Path, results: Path, show: list[Path] = (),
+                 memory: str = "6G") -> list[str]:
+    """`show`: host paths the guest needs (the checkout, the Python), wherever they are."""
     share = "security_model=none,multidevs=remap"
+    shown = hidden_in_guest([*show, guest_main, kit.root])
     return [
         qemu_available(), *_accel(), "-m", memory, "-smp", str(min(os.cpu_count() or 1, 2)),
         "-nographic", "-no-reboot", "-nic", "none",
         "-kernel", str(kit.vmlinuz), "-initrd", str(kit.initrd),
-        "-append", f"console=ttyS0 panic=-1 quiet guest_main={guest_main}",
+        "-append", f"console=ttyS0 panic=-1 quiet guest_main={guest_main}"
+                   + (f" guest_show={','.join(shown)}" if shown else ""),
         "-virtfs", f"local,path=/,mount_tag=hostroot,{share},readonly=on",
         "-virtfs", f"local,path={results},mount_tag=results,{share}",
     ]
 
 
-def boot(kit: GuestKit, guest_main: Path, results: Path, timeout_s: float, pause_file: Path | None = None) -> Boot:
+def boot(kit: GuestKit, guest_main: Path, results: Path, timeout_s: float, pause_file: Path | None = None,
+         show: list[Path] = ()) -> Boot:
     """Run the guest until it powers off (or `timeout_s`); its console goes to results/console.log.
 
     While `pause_file` exists (a shared machine's "quiet, benchmarks running" flag) QEMU is stopped
@@ -73,7 +96,7 @@ def boot(kit: GuestKit, guest_main: Path, results: Path, timeout_s: float, pause
     start = time.monotonic()
     deadline = start + timeout_s
     with console.open("wb") as out:
-        qemu = subprocess.Popen(qemu_command(kit, guest_main, results), stdin=subprocess.DEVNULL, stdout=out,
+        qemu = subprocess.Popen(qemu_command(kit, guest_main, results, show), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT)
         try:
             while qemu.poll() is None and time.monotonic() < deadline:
