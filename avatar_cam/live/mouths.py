@@ -136,8 +136,11 @@ class MouthWorker:
         return max(hz, 1.0)
 
     def inference_cpu_s(self) -> float:
-        """The CPU an inference costs now: the median over the last OTHERS_WINDOW_S (at least the last 5)."""
+        """The CPU an inference costs now: the median over the last OTHERS_WINDOW_S (at least the last 5); 0.0 before
+        the first."""
         now, recent = time.monotonic(), list(self._cpu)
+        if not recent:
+            return 0.0
         within = [cpu for t, cpu in recent if now - t <= OTHERS_WINDOW_S]
         return float(np.median(within if len(within) >= 5 else [cpu for _, cpu in recent[-5:]]))
 
