@@ -28,6 +28,22 @@ class Page:
         self.finish = False
         self.go = threading.Event()  # the page opens the devices once the daemon runs (Chromium starts before)
 
+    def heard_out(self, since_ms: float, quiet_s: float = 3.0, limit_s: float = 20.0,
+                  loud: float = 0.01) -> float | None:
+        """Wait until the page has heard `quiet_s` of silence (longer than the speech's 2.5 s between phrases) after
+        the last voice it heard since `since_ms`: the voice reaches Chromium seconds after it was played in the guest
+        (up to 7 s seen), and a next step must not start while the last one's voice is still on its way, or its
+        phrases are counted in the next step's window. Seconds waited, or None after `limit_s`."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit_s:
+            with self.lock:
+                blocks = [(a["t"], a["rms"]) for a in self.audio if a["t"] > since_ms]
+            last_voice = max((t for t, rms in blocks if rms > loud), default=since_ms)
+            if blocks and blocks[-1][0] - last_voice >= 1000 * quiet_s:
+                return round(time.monotonic() - started, 1)
+            time.sleep(0.5)
+        return None
+
     def take(self, batch: dict) -> dict:
         with self.lock:
             self.video += batch.get("video", [])

@@ -65,7 +65,7 @@ def talking(page: Page) -> dict:
     before = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes(), cpu_use.threads(harness)
     time.sleep(JOB["silence_s"])
     mark("silence ends")
-    speak_and_wait(JOB["silence_s"], short=False)
+    speak_and_wait(JOB["silence_s"], short=False, heard_out=page.heard_out)
     after = cpu_use.threads(DAEMONS[-1].pid), cpu_use.processes(), cpu_use.threads(harness)
     snapshot(page, "widest_mouth")
     return {"status": status(),
@@ -79,21 +79,21 @@ def photo_switch(page: Page) -> dict:
     mark("ctl photo")
     out = ctl("photo", JOB["photos"][1])
     mark("ctl photo answered")
-    speak_and_wait(2)
+    speak_and_wait(2, heard_out=page.heard_out)
     snapshot(page, "after_photo_switch")
     return {"ctl": out}
 
 
 @step("pause and resume")
-def pause_resume() -> dict:
+def pause_resume(page: Page) -> dict:
     mark("ctl pause")
     paused = ctl("pause")
     mark("ctl pause answered")
-    speak_and_wait(1)
+    speak_and_wait(1, heard_out=page.heard_out)
     mark("ctl resume")
     resumed = ctl("resume")
     mark("ctl resume answered")
-    speak_and_wait(2)
+    speak_and_wait(2, heard_out=page.heard_out)
     return {"pause": paused, "resume": resumed}
 
 
@@ -159,7 +159,7 @@ def main() -> int:
         open_call(page)
         talking(page)
         photo_switch(page)
-        pause_resume()
+        pause_resume(page)
         ffmpeg_capture()  # a second reader while Chromium watches
         restart_at_size(page)
         finish_call(page)

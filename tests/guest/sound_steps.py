@@ -82,11 +82,14 @@ def play_speech(short: bool) -> subprocess.Popen:
                             env=product_env())
 
 
-def speak_and_wait(seconds_after: float, short: bool = True) -> None:
-    """Play the speech (all three phrases, or the first two), then wait a little."""
+def speak_and_wait(seconds_after: float, short: bool = True, heard_out=None) -> None:
+    """Play the speech (all three phrases, or the first two), wait until the call app heard it out (`heard_out`, a
+    `Page.heard_out`, given when the page listens), then wait a little."""
     player = play_speech(short)
     player.wait(timeout=120)
     mark("speech ends")
+    if heard_out is not None:
+        mark("voice heard out", waited_s=heard_out(time.time() * 1000))
     time.sleep(seconds_after)
 
 
