@@ -1,7 +1,8 @@
 """Thread priorities. Threads that give way: a thread lowers its own nice value so that others go first
 (`give_way`). Threads that keep time: the camera's frame threads ask to run ahead of ordinary work, so that a busy
 machine does not make frames late (`TimeKeeper`). And no hidden thread pools: numpy's BLAS works on the calling
-thread (`one_blas_thread`).
+thread (`one_blas_thread`). The busy threads carry their names into the OS (`name_os_thread`), so `top -H` and
+/proc say which one spends the CPU.
 
 Linux schedules threads one by one, so a thread can give way on its own (no privilege is needed to lower a
 priority; raising it back is not possible without one, so only threads that end with their job do this). Keeping
@@ -28,6 +29,7 @@ KEEP_TIME_PRIORITY = 2  # SCHED_RR 1-99: above every ordinary thread, below soun
 LONG_FRAME_S = 0.05  # CPU a frame may take at real-time priority (a 720p frame takes 5-10 ms); beyond: a slow machine
 MAX_SHARE = 0.8  # of a core, over SHARE_WINDOW_S: more, and a real-time thread would starve the rest of the machine
 SHARE_WINDOW_S = 2.0
+PR_SET_NAME = 15  # prctl option: the calling thread's name
 AWAKE_S = 0.03  # CPU run without sleeping after which the thread sleeps a moment (rtkit's cap kills at 0.2 s)
 _refusal_logged = False
 
@@ -40,6 +42,15 @@ def give_way(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         return
     log.debug("could not lower %s's priority", threading.current_thread().name)
+
+
+def name_os_thread(name: str) -> None:
+    """Show the calling thread as `name` (at most 15 characters) in `top -H`, `ps -L` and /proc/PID/task/TID/comm;
+    Python before 3.14 leaves every thread named after the process. Linux only; does nothing elsewhere."""
+    if not PER_THREAD:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def niced(cmd: list[str], nice: int) -> list[str]:

@@ -4,6 +4,7 @@ however the product ends (normal exit, Ctrl-C, SIGTERM, SIGKILL, a crashing fram
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -198,6 +199,15 @@ def steady_clock(ring: AudioRing, skip_s: float = 1.0):
     return lambda s: a * np.asarray(s, dtype=float) + b
 
 
+def os_thread_names() -> list[str]:
+    """This process's threads as the OS names them (what `top -H` shows)."""
+    names = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            names.append((task / "comm").read_text().strip())
+    return names
+
+
 def test_the_voice_comes_back_delayed_to_meet_the_lips(pulse_server, speech_wav, engine, astronaut_png, monkeypatch):
     before = defaults(pulse_server)
     camera_recorder.register()
@@ -224,6 +234,7 @@ def test_the_voice_comes_back_delayed_to_meet_the_lips(pulse_server, speech_wav,
                 reported.append((time.monotonic(), vmic.delay_s))
                 time.sleep(0.02)
             status = vmic.status()
+            threads = os_thread_names()
         finally:
             pipe.stop()
             runner.join(timeout=10)
@@ -233,6 +244,8 @@ def test_the_voice_comes_back_delayed_to_meet_the_lips(pulse_server, speech_wav,
     assert not {SINK, SOURCE} & device_names(pulse_server)
     assert defaults(pulse_server) == before
     assert status["state"] == "running" and status["underruns"] == 0, status
+    # `top -H` says which thread spends the CPU: the busy ones carry their names into the OS.
+    assert {"ac-frames", "ac-mouths", "ac-sender", "ac-mic-in", "ac-mic-out"} <= set(threads), threads
 
     x, y = ring.read(0, ring.total), back.read(0, back.total)
     heard, left = steady_clock(ring), steady_clock(back)

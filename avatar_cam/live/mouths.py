@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar_cam.live.performance import Performance
-from avatar_cam.thread_priority import give_way
+from avatar_cam.thread_priority import give_way, name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ class MouthWorker:
 
     # --- the "mouths" thread -------------------------------------------------------------------------------
     def _run(self) -> None:
+        name_os_thread("ac-mouths")
         give_way(self.mode.nice)
         while True:
             with self._cond:

@@ -39,7 +39,7 @@ from avatar_cam.live.performance import Performance
 from avatar_cam.live.performance import performance as performance_mode
 from avatar_cam.live.records import FrameRecord, PipelineStats
 from avatar_cam.live.renderer import FrameRenderer
-from avatar_cam.thread_priority import TimeKeeper, one_blas_thread
+from avatar_cam.thread_priority import TimeKeeper, name_os_thread, one_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class LivePipeline:
 
     def _send_when_due(self) -> None:
         """The sender thread: each held frame leaves at its due time (or at once, if that has passed)."""
+        name_os_thread("ac-sender")
         keeper = TimeKeeper("frame sender", ask=self.keep_time)
         while True:
             item = self._held.get()
@@ -223,6 +224,7 @@ class LivePipeline:
 
     def run(self) -> None:
         """Draw frames until `stop()`. Runs on the calling thread (the frame thread)."""
+        name_os_thread("ac-frames")
         # A frame's OpenCV work is a millisecond or two: OpenCV's thread pool would add ~70% more CPU to it for
         # little time saved, and wake threads that OpenVINO's inference needs. (This is process-wide.)
         cv2.setNumThreads(1)
