@@ -32,6 +32,7 @@ SHARE_WINDOW_S = 2.0
 PR_SET_NAME = 15  # prctl option: the calling thread's name
 AWAKE_S = 0.03  # CPU run without sleeping after which the thread sleeps a moment (rtkit's cap kills at 0.2 s)
 _refusal_logged = False
+_os_names = threading.local()  # the name each thread last gave itself (name_os_thread)
 
 
 def give_way(nice: int) -> None:
@@ -46,9 +47,12 @@ def give_way(nice: int) -> None:
 
 def name_os_thread(name: str) -> None:
     """Show the calling thread as `name` (at most 15 characters) in `top -H`, `ps -L` and /proc/PID/task/TID/comm;
-    Python before 3.14 leaves every thread named after the process. Linux only; does nothing elsewhere."""
-    if not PER_THREAD:
+    Python before 3.14 leaves every thread named after the process. Linux only; does nothing elsewhere. Cheap to
+    call again on a thread already named so (an audio callback calls it every block: PortAudio's thread is new with
+    each stream)."""
+    if not PER_THREAD or getattr(_os_names, "name", None) == name:
         return
+    _os_names.name = name
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 

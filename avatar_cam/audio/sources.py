@@ -145,7 +145,6 @@ class MicrophoneSource:
         self.device_name, self.native_rate, self.channels = "", 0, 0
         self.status, self.overflows = "stopped", 0
         self._stream, self._stopping = None, False
-        self._thread_named = 0  # the native id of the callback thread last named (PortAudio's, per stream)
 
     def start(self) -> None:
         favour_audio_threads()  # the callback must not wait 5 ms for the GIL every 10 ms block
@@ -214,9 +213,7 @@ class MicrophoneSource:
     def _callback(self, indata, frames, t, status) -> None:
         try:
             now = time.monotonic()
-            if threading.get_native_id() != self._thread_named:  # a stream's first block (each open has a thread)
-                self._thread_named = threading.get_native_id()
-                name_os_thread("ac-mic-in")
+            name_os_thread("ac-mic-in")
             if status.input_overflow:
                 self.overflows += 1
             # The block's last sample reached us by now, so its first one was captured at least a block ago.

@@ -98,7 +98,6 @@ class VirtualMicrophone:
         self._silent_s = 0.0
         self._looked_at = 0.0
         self._last_frame: float | None = None  # when the frame thread last drew (observe_frame)
-        self._thread_named = 0  # the native id of the output thread last named (PortAudio's, per stream)
 
     @classmethod
     def for_clock(cls, ring: AudioRing, clock, offset_ms: float = 0.0) -> VirtualMicrophone:
@@ -369,9 +368,7 @@ class VirtualMicrophone:
     def _callback(self, outdata, frames, t, status) -> None:
         try:
             now = self._last_callback = time.monotonic()
-            if threading.get_native_id() != self._thread_named:  # a stream's first block (each open has a thread)
-                self._thread_named = threading.get_native_id()
-                name_os_thread("ac-mic-out")
+            name_os_thread("ac-mic-out")
             if status.output_underflow:
                 self.breakups += 1
             lead = t.outputBufferDacTime - t.currentTime  # when this block's first sample will play
