@@ -8,6 +8,7 @@ baseline is reported as a ratio measured side by side.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -64,7 +65,12 @@ def run_for(pipeline, source, seconds: float, cleanup=(), at_end=None) -> None:
 
 
 class ProcessCpu:
-    """This process's CPU use since it was made, in % of one core; `by_thread` splits it by thread."""
+    """This process's CPU use since it was made, in % of one core; `by_thread` splits it by thread.
+
+    A thread's time is gone from the OS once it ends: call `by_thread` while the threads still run, or run the
+    work inside `sampling()`, which looks every `every_s` and keeps each thread's last reading (a render's
+    threads end with it). A thread's last `every_s` may go unseen, and more while a thread computes in Python
+    (a look waits for the GIL); the total, `seconds()`, is exact."""
 
     def __init__(self):
         import psutil
@@ -72,21 +78,58 @@ class ProcessCpu:
         self._proc = psutil.Process()
         self._t0, self._cpu0 = time.monotonic(), self._cpu()
         self._threads0 = self._thread_cpu()
+        self._seen: dict[int, tuple[str, float]] = {}  # thread id -> (name, CPU seconds) at the last look
+        self._lock = threading.Lock()
 
     def _thread_cpu(self) -> dict[int, float]:
         return {t.id: t.user_time + t.system_time for t in self._proc.threads()}
 
+    def _look(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        now = self._thread_cpu()
+        with self._lock:
+            for tid, cpu in now.items():
+                # A name once known sticks: an ending thread leaves Python's list a moment before the OS's.
+                known = self._seen.get(tid, ("native", 0.0))[0]
+                self._seen[tid] = (names.get(tid, known), cpu)
+
+    @contextlib.contextmanager
+    def sampling(self, every_s: float = 0.02):
+        """Look at the threads every `every_s` while the block runs (on a thread of its own)."""
+        done = threading.Event()
+
+        def look() -> None:
+            while not done.wait(every_s):
+                self._look()
+
+        watcher = threading.Thread(target=look, name="cpu-watch", daemon=True)
+        watcher.start()
+        try:
+            yield self
+        finally:
+            done.set()
+            watcher.join()
+
+    def seconds_by_thread(self) -> dict[str, float]:
+        """CPU seconds per thread name since this was made (threads Python did not start, OpenVINO's and
+        PortAudio's, are summed as "native"; `sampling`'s own is "cpu-watch")."""
+        self._look()
+        out: dict[str, float] = {}
+        with self._lock:
+            for tid, (name, cpu) in self._seen.items():
+                out[name] = out.get(name, 0.0) + cpu - self._threads0.get(tid, 0.0)
+        return out
+
+    def seconds(self) -> float:
+        """CPU seconds of the whole process since this was made, ended threads included."""
+        return self._cpu() - self._cpu0
+
     def by_thread(self) -> dict[str, float]:
         """% of one core per thread since this was made, by the thread's name (the pipeline's frame thread is
-        the caller's, "MainThread"); threads Python did not start (OpenVINO's, PortAudio's) are summed as
-        "native". Call while the threads still run: an ended thread's time is gone."""
-        names = {t.native_id: t.name for t in threading.enumerate()}
+        the caller's, "MainThread"; see `seconds_by_thread`)."""
         took = max(time.monotonic() - self._t0, 1e-9)
-        out: dict[str, float] = {}
-        for tid, cpu in self._thread_cpu().items():
-            name = names.get(tid, "native")
-            out[name] = out.get(name, 0.0) + 100.0 * (cpu - self._threads0.get(tid, 0.0)) / took
-        return {name: round(pct, 1) for name, pct in sorted(out.items(), key=lambda kv: -kv[1]) if pct >= 0.05}
+        pcts = {name: 100.0 * cpu / took for name, cpu in self.seconds_by_thread().items()}
+        return {name: round(pct, 1) for name, pct in sorted(pcts.items(), key=lambda kv: -kv[1]) if pct >= 0.05}
 
     def _cpu(self) -> float:
         t = self._proc.cpu_times()
