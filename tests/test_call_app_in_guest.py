@@ -247,6 +247,18 @@ def test_a_restart_at_another_size_while_the_call_app_watches_finds_the_camera_a
         assert "in use by another program" in notice and f"{w}x{h}" in notice, status
 
 
+def test_the_camera_rests_until_the_call_app_opens_it_and_a_restart_finds_the_app_reading(guest):
+    # The daemon started before Chromium opened the camera: it rested (a frame a second, no lips) until the open,
+    # seen through inotify on the real v4l2loopback node. The restarted daemon found Chromium already reading
+    # (its first count, from /proc), unless Chromium had ended its track meanwhile.
+    _, report, summary = guest
+    assert report["first_daemon"]["status"]["state"] == "standby", report["first_daemon"]["status"]
+    assert step(report, "talking")["status"]["state"] in ("live", "silent"), step(report, "talking")["status"]
+    restarted = step(report, "restart at another size")["daemon"]["status"]
+    if not [e for e in summary["restart_at_new_size"]["events_after_quit"] if e["what"] == "ended"]:
+        assert restarted["state"] in ("live", "silent"), restarted
+
+
 def test_the_new_size_applies_once_the_call_app_let_go(guest):
     _, report, _ = guest
     after = step(report, "new size once the call app let go")

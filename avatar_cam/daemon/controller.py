@@ -107,7 +107,8 @@ class Controller(MicrophoneWatch, Extras):
                 mouth_hz = mouth_rate(pipeline.stats.records, pipeline.clock.fps)
                 mouths = pipeline.mouths
                 target_hz = mouths.target_hz() if mouths is not None and not self._renderer.draws_inline else None
-                state = "paused" if pipeline.paused else "live" if talking else "silent"
+                state = ("paused" if pipeline.paused else "standby" if not pipeline.watched
+                         else "live" if talking else "silent")
             error = self.error or self._camera_fault() or self._mic_fault or self._extras_problem()
             if error:
                 state = "error"

@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclass
 class Status:
-    state: str  # "stopped" | "live" | "silent" | "paused" | "error"
+    state: str  # "stopped" | "standby" (no app reads the camera) | "live" | "silent" | "paused" | "error"
     photo: str | None
     mic: str | None
     engine: str | None
@@ -36,6 +36,8 @@ class Status:
             return f"Error: {self.error}"
         if self.state == "stopped":
             return "Camera off"
+        if self.state == "standby":
+            return "Ready: no app is using the camera"
         lat = f", {self.latency_ms_p95:.0f} ms" if self.latency_ms_p95 is not None else ""
         lips = f", {self.lips}" if self.lips else ""
         notice = f" ({self.notice})" if self.notice else ""

@@ -16,7 +16,9 @@ plays: then the lips meet the voice to the millisecond, not to the frame. Paced 
 so the frame thread draws the next one meanwhile; the sinks are only ever used by one thread at a time
 (`_emit_lock`), and requests (`call_between_frames`) run while no frame is being sent. When no audio arrives
 (mic unplugged, stream stalled) the camera keeps showing the idle face on the wall clock, so the call app never
-sees a frozen or closed camera.
+sees a frozen or closed camera. While no app reads the camera (a sink's `watched`, see outputs/readers.py) the
+pipeline rests: it follows the audio as ever, but draws one frame a second and asks for no mouths, until an app
+opens the camera (within a frame of the next audio block).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ MAX_PACED_DELAY_S = 1.5
 # frame waits for its mouth up to MAX_HOLD_S + 0.2 s after its audio), so only a real backlog is skipped.
 MAX_BACKLOG_S = 0.5
 PACED_DRAW_S = 0.008  # a paced frame stops waiting for its own mouth this long before its voice plays
+RESTING_FRAME_S = 1.0  # while no app reads any sink, one frame this often (the idle face), no mouths
 
 
 class LivePipeline:
@@ -93,6 +96,7 @@ class LivePipeline:
         self._keeper: TimeKeeper | None = None  # the frame thread's priority (set and used by it)
         self._skip_logged = float("-inf")
         self._idle_index = 0  # frame counter for idle motion while no audio arrives
+        self._rested_at = float("-inf")  # when the last frame left while no app read the camera (`_rest`)
         self.sink_errors: dict[str, str] = {}  # sink class name -> its last send failure (frame thread writes)
         self._sink_failures: dict[str, int] = {}
 
@@ -103,6 +107,11 @@ class LivePipeline:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def watched(self) -> bool:
+        """Whether any sink may have a reader (sinks that cannot tell count as watched)."""
+        return any(getattr(sink, "watched", True) for sink in self.sinks)
 
     @property
     def priority(self) -> str:
@@ -208,9 +217,9 @@ class LivePipeline:
         self._sink_failures[name] = self._sink_failures.get(name, 0) + 1
 
     def _keep_alive(self, last_emit: float) -> float:
-        """No audio: show the idle face at the frame rate so the camera never freezes."""
+        """No audio: show the idle face at the frame rate so the camera never freezes (resting: once a second)."""
         now = time.monotonic()
-        if now - last_emit >= 1.0 / self.clock.fps:
+        if now - last_emit >= (1.0 / self.clock.fps if self.watched else RESTING_FRAME_S):
             if not self.audio_stalled:
                 log.warning("no audio for %.0f ms: showing the idle face until it returns", 1000 * self.stall_s)
                 self._idle_index = self.next_frame
@@ -260,6 +269,11 @@ class LivePipeline:
             ready = ring.written_time(need - 1) or time.monotonic()
             self._pull_audio()
             audio = self._frame_audio(k)
+            if not self.watched:
+                self._rest(k, audio)
+                last_emit = time.monotonic()  # (a frame handled: the audio flows)
+                self.next_frame = k + 1
+                continue
             window = self._cols.window(clock.mel_start(k))
             if self.every_mouth or self.renderer.draws_inline:
                 started = time.monotonic()
@@ -270,6 +284,18 @@ class LivePipeline:
             self._send(frame, rec)
             last_emit = time.monotonic()
             self.next_frame = k + 1
+
+    def _rest(self, k: int, audio: np.ndarray) -> None:
+        """Frame k while no app reads the camera: the voice gate hears it, and once a second the idle face leaves
+        (so the device always holds a recent frame)."""
+        self.renderer.gate_frame(k, audio, self.paused)
+        now = time.monotonic()
+        if now - self._rested_at < RESTING_FRAME_S:
+            return
+        self._rested_at = now
+        if self._held is not None:
+            self._held.join()  # frames still held leave first, in order
+        self._emit(self.renderer.draw(k, None, 0.0, self.paused), FrameRecord(-1, -1.0, None, now, now, 0.0, False))
 
     def _catch_up(self, k: int) -> int:
         """The frame to draw next: k, or, when the audio of frames more than MAX_BACKLOG_S past k has arrived

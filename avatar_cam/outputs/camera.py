@@ -87,9 +87,20 @@ class VirtualCameraSink:
         self.device = self._cam.device
         self.backend = self._cam.backend
         self.announced_fps: float | None = None  # the rate the device tells readers, where we set it
+        self._readers = None  # who reads the device besides us (outputs/readers.py), where that can be known
         if self.backend == "v4l2loopback" and str(self.device).startswith("/dev/"):
             self._prepare_loopback(width, height, fps)
+            from avatar_cam.outputs.readers import CameraReaders
+
+            readers = CameraReaders(self.device)
+            self._readers = readers if readers.start() else None
         log.info("virtual camera %s (%s) open at %dx%d %.0f fps", self.device, self.backend, width, height, fps)
+
+    @property
+    def watched(self) -> bool:
+        """Whether an app may be reading the camera (False only when known that none is)."""
+        readers = self._readers
+        return readers is None or readers.watched
 
     def _prepare_loopback(self, width: int, height: int, fps: float) -> None:
         """v4l2loopback: our rate and the writer's role (outputs/v4l2_device.py), and a refusal, rather than
@@ -114,6 +125,9 @@ class VirtualCameraSink:
         self._cam.send(frame)
 
     def close(self) -> None:
+        readers, self._readers = getattr(self, "_readers", None), None
+        if readers is not None:
+            readers.stop()
         cam, self._cam = getattr(self, "_cam", None), None
         if cam is not None:
             cam.close()
@@ -146,6 +160,12 @@ class ReconnectingCamera:
     def device(self) -> str | None:
         cam = self._cam
         return getattr(cam, "device", None) if cam is not None else None
+
+    @property
+    def watched(self) -> bool:
+        """Whether an app may be reading the camera (while it is closed: yes, so that frames keep reopening it)."""
+        cam = self._cam
+        return cam is None or getattr(cam, "watched", True)
 
     @property
     def next_retry_in(self) -> float | None:

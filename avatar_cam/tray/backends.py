@@ -18,7 +18,7 @@ from avatar_cam import paths
 log = logging.getLogger(__name__)
 
 NO_DISPLAY = "no display: the tray cannot show; `avatar-cam run --no-tray` still works"
-STATE_ICONS = {"stopped": "idle", "live": "live", "silent": "live", "paused": "paused", "error": "error"}
+STATE_ICONS = {"stopped": "idle", "standby": "live", "live": "live", "silent": "live", "paused": "paused", "error": "error"}
 # The PNG size handed to each backend (they all rescale to the panel's size themselves): the size the panel
 # most often shows, so that the common case needs no rescaling. AppIndicator hosts draw 16 px at 1x and 32 px
 # at 2x; a GTK/X11 tray icon sits in a 24-32 px slot; Windows' small icon is 16-32 px; macOS scales to 22 pt.
@@ -118,7 +118,7 @@ def tray_available() -> tuple[bool, str]:
 
 
 def icon_image(state: str, size: int = 24) -> Image.Image:
-    """The icon for a controller state ("stopped", "live", "silent", "paused", "error") from tray_assets/."""
+    """The icon for a controller state ("stopped", "standby", "live", "silent", "paused", "error") from tray_assets/."""
     name = STATE_ICONS.get(state, "idle")
     path = paths.tray_assets_dir() / f"avatar-cam-{name}-{size}.png"
     try:

@@ -51,10 +51,10 @@ def wait_running(limit_s: float) -> dict:
     while time.monotonic() < deadline:
         current = status()
         mark("status", state=current.get("state"), fps=current.get("fps"), error=current.get("error"))
-        if current.get("state") in ("live", "silent") and current.get("camera"):
+        if current.get("state") in ("standby", "live", "silent") and current.get("camera"):
             return current
         time.sleep(1)
-    raise RuntimeError(f"the daemon did not reach 'live' or 'silent' in {limit_s} s: {current}")
+    raise RuntimeError(f"the daemon did not reach 'standby', 'live' or 'silent' in {limit_s} s: {current}")
 
 
 @step("daemon")

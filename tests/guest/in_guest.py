@@ -155,7 +155,7 @@ def main() -> int:
         start_pulseaudio()
         launch_call(page)  # starts while the camera is installed and the daemon starts
         install_camera()
-        start_daemon(*JOB["first_size"], "daemon.log")
+        REPORT["first_daemon"] = start_daemon(*JOB["first_size"], "daemon.log")  # ("daemon" holds the restart's)
         open_call(page)
         talking(page)
         photo_switch(page)
