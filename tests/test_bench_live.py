@@ -39,3 +39,13 @@ def test_bench_live_beside_busy_programs_at_normal_priority_for_comparison(astro
     left = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before
             and "avatar_cam.bench.neighbour" in " ".join(p.info["cmdline"] or [])]
     assert not left, left  # the busy programs are gone
+
+
+def test_bench_live_unwatched_measures_the_camera_at_rest(astronaut_png):
+    """`--unwatched`: no app reads the camera, so it rests: a frame a second and no inference while talking."""
+    result = run_cli("bench", "live", "--seconds", "3", "--size", "320x180", "--photo", str(astronaut_png),
+                     "--unwatched", "--json", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout)
+    assert r["unwatched"] and 2 <= r["frames_sent"] <= 5, r
+    assert "mouths" not in r["cpu_by_thread_pct"], r["cpu_by_thread_pct"]  # no inference thread ever started

@@ -101,3 +101,19 @@ class FramesCamera(CountingCamera):
 
     def device(self) -> str:
         return "bench-frames"
+
+
+class Unread:
+    """A camera sink that no app reads (as the product's reader watch finds it when no call app has the camera
+    open, outputs/readers.py): the pipeline rests behind it."""
+
+    watched = False
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def send(self, frame) -> None:
+        self.sink.send(frame)
+
+    def close(self) -> None:
+        self.sink.close()

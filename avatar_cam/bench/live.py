@@ -17,7 +17,7 @@ import pyvirtualcam
 
 from avatar_cam.audio.ring import AudioRing
 from avatar_cam.audio.sources import FileSource
-from avatar_cam.bench.cameras import COUNTING_BACKEND, CountingCamera
+from avatar_cam.bench.cameras import COUNTING_BACKEND, CountingCamera, Unread
 from avatar_cam.bench.common import ProcessCpu, answer, bench_renderer, bench_speech, picture_options, run_for
 from avatar_cam.bench.neighbour import Neighbour
 from avatar_cam.lipsync.registry import ENGINES
@@ -39,7 +39,8 @@ def pin_to_cores(n: int) -> set[int]:
 
 def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = None, checkpoint: Path | None = None,
                size: str = "1280x720", fps: float = 30.0, engine: str = "wav2lip", performance: str = DEFAULT,
-               neighbour_pct: float = 0.0, cores: int | None = None, keep_time: bool = True, busy: int = 0) -> dict:
+               neighbour_pct: float = 0.0, cores: int | None = None, keep_time: bool = True, busy: int = 0,
+               unwatched: bool = False) -> dict:
     pyvirtualcam.register_backend(COUNTING_BACKEND, CountingCamera)
     pinned = pin_to_cores(cores) if cores else None  # before the engine starts its threads
     with tempfile.TemporaryDirectory(prefix="avatar-cam-bench-") as tmp:
@@ -49,7 +50,8 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
         ring = AudioRing()
         camera = VirtualCameraSink(renderer.compositor.fmt.width, renderer.compositor.fmt.height, fps,
                                    backend=COUNTING_BACKEND)
-        pipeline = LivePipeline(renderer, [camera], ring, clock, performance=performance_mode(performance),
+        pipeline = LivePipeline(renderer, [Unread(camera) if unwatched else camera], ring, clock,
+                                performance=performance_mode(performance),
                                 keep_time=keep_time)
         source = FileSource(speech, ring, realtime=True)
         neighbour = Neighbour(neighbour_pct, pinned) if neighbour_pct > 0 else None
@@ -76,6 +78,8 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
     result.update({
         "performance": performance,
         "busy": busy,
+        "unwatched": unwatched,
+        "frames_sent": len(pipeline.stats.records),  # with those a resting camera sends (no audio time of their own)
         "cores": len(pinned) if pinned else len(os.sched_getaffinity(0)),
         "inference_ms_p50": pipeline.mouths.inference_ms() if pipeline.mouths is not None else None,
         "seconds": round(t1 - t0, 1),
@@ -94,15 +98,18 @@ def live_bench(seconds: float, photo: Path | None = None, audio: Path | None = N
 def run(args: argparse.Namespace) -> int:
     return answer(args, live_bench(args.seconds, args.photo, args.audio, args.checkpoint, args.size, args.fps,
                                    args.engine, args.performance, args.neighbour, args.cores,
-                                   not args.normal_priority, args.busy), describe)
+                                   not args.normal_priority, args.busy, args.unwatched), describe)
 
 
 def describe(r: dict) -> None:
     print(f"live path, {r['seconds']} s at {r['size']}, {r['engine']} ({r['weights']}), {r['performance']}, "
           f"{r['cores']} core(s)")
-    print(f"  camera {r['camera_fps']} fps, late frames {r['camera_late_pct']}%; lips {r['mouth_hz']} Hz while talking "
-          f"(inference {r['inference_ms_p50']} ms), talking frames {r['inferred_pct']}%")
-    print(f"  mouth latency p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
+    if r["unwatched"]:
+        print(f"  no app reads the camera: it rests, {r['frames_sent']} frames sent in {r['seconds']} s, no lips")
+    else:
+        print(f"  camera {r['camera_fps']} fps, late frames {r['camera_late_pct']}%; lips {r['mouth_hz']} Hz while "
+              f"talking (inference {r['inference_ms_p50']} ms), talking frames {r['inferred_pct']}%")
+        print(f"  mouth latency p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
     if r["busy"]:
         print(f"  beside {r['busy']} other program(s) each wanting a whole core")
     if "neighbour_late_pct" in r:
@@ -129,4 +136,6 @@ def register(kinds: argparse._SubParsersAction) -> None:
                            "busy browser)")
     live.add_argument("--normal-priority", action="store_true",
                       help="the camera's threads at normal priority, as where neither root nor rtkit grants more")
+    live.add_argument("--unwatched", action="store_true",
+                      help="with no app reading the camera: what the camera costs while it rests")
     live.set_defaults(func=run)
