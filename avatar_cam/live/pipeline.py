@@ -110,8 +110,9 @@ class LivePipeline:
 
     @property
     def watched(self) -> bool:
-        """Whether any sink may have a reader (sinks that cannot tell count as watched)."""
-        return any(getattr(sink, "watched", True) for sink in self.sinks)
+        """Whether anyone may see the frames: false only when every sink knows that no app reads it (sinks that
+        cannot tell count as read, and frames with no sink at all go to `on_frame`)."""
+        return not self.sinks or any(getattr(sink, "watched", True) for sink in self.sinks)
 
     @property
     def priority(self) -> str:
