@@ -175,10 +175,19 @@ def portrait_checks(report: dict, names: list[str]) -> dict:
     return out
 
 
+def own_voice(window: Window, at_mic: list[float]) -> Window:
+    """`window` from the moment the step's own voice reached the microphone: Chromium can neither hear nor see it
+    before then. What Chromium receives earlier in the window is an earlier step's, arriving late: under emulation
+    its audio and video stall for seconds and then catch up (a phrase heard 11 s late, after 3 s of silence, once)."""
+    first = next((t for t in at_mic if window.holds(t)), None)
+    return window if first is None else Window(max(window.start, first), window.end)
+
+
 def pause_checks(report: dict, names: list[str]) -> dict:
     page, m = report["page"], marks(report)
-    paused = Window(m.get("ctl pause answered", float("inf")), m.get("ctl resume", float("inf")))
-    resumed = Window(m.get("ctl resume answered", float("inf")), m.get("ctl quit", float("inf")))
+    at_mic = voice_onsets(voice_blocks([{"t": t, "rms": rms} for t, rms in report.get("probe", [])])[0])
+    paused = own_voice(Window(m.get("ctl pause answered", float("inf")), m.get("ctl resume", float("inf"))), at_mic)
+    resumed = own_voice(Window(m.get("ctl resume answered", float("inf")), m.get("ctl quit", float("inf"))), at_mic)
     result, period = {}, frame_period(page["video"])
     for label, window in (("paused", paused), ("resumed", resumed)):
         blocks, _ = voice_blocks([a for a in page["audio"] if window.holds(a["t"])])
