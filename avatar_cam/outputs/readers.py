@@ -43,7 +43,7 @@ def processes_holding(path: str, me: int | None = None) -> int:
     for pid in pids:
         try:
             with os.scandir(f"/proc/{pid}/fd") as fds:
-                if any(_points_to(f"/proc/{pid}/fd/{fd.name}", target) for fd in fds):
+                if any(_points_to(fd.path, target) for fd in fds):
                     count += 1
         except OSError:  # gone meanwhile, or another user's
             continue
@@ -75,17 +75,15 @@ class CameraReaders:
                 or self._stop.is_set())
 
     def start(self) -> bool:
+        inotify = None
         try:
             from inotify_simple import INotify, flags
 
             inotify = INotify()
-        except (ImportError, OSError) as exc:
-            log.info("cannot tell whether an app uses %s (%s): the camera keeps its full rate", self.device, exc)
-            return False
-        try:
             inotify.add_watch(self.device, flags.OPEN | flags.CLOSE_WRITE | flags.CLOSE_NOWRITE)
-        except OSError as exc:
-            inotify.close()
+        except (ImportError, OSError) as exc:
+            if inotify is not None:
+                inotify.close()
             log.info("cannot tell whether an app uses %s (%s): the camera keeps its full rate", self.device, exc)
             return False
         self._count()
