@@ -24,8 +24,8 @@ from tray_desktop import (
     RecentFramesCamera,
     read_line,
     release_gtk,
+    selection_owned,
     stop_all,
-    tray_manager_running,
 )
 
 from avatar_cam.daemon.photos import photos_dir
@@ -138,7 +138,7 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="module")
 def desktop(tmp_path_factory: pytest.TempPathFactory):
-    missing = [t for t in ("Xvfb", "trayer", "xdotool", "import", "dbus-daemon") if shutil.which(t) is None]
+    missing = [t for t in ("Xvfb", "openbox", "trayer", "xdotool", "import", "dbus-daemon") if shutil.which(t) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: install them (tests/run.sh lists the packages)", pytrace=False)
     workdir = tmp_path_factory.mktemp("desktop")
@@ -162,14 +162,20 @@ def desktop(tmp_path_factory: pytest.TempPathFactory):
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logs)
         procs.append(notifyd)
         assert read_line(notifyd.stdout, TIMEOUT, "the notification server") == "ready"
+        # A window manager, as every desktop has: it reparents and places the preview window
+        # (test_preview.py tries the preview on a bare X server).
+        procs.append(subprocess.Popen(["openbox", "--sm-disable"], env=env, stdin=subprocess.DEVNULL,
+                                      stdout=logs, stderr=logs))
         procs.append(subprocess.Popen(
             ["trayer", "--edge", "top", "--align", "left", "--widthtype", "pixel", "--width", str(TRAY_WIDTH),
              "--height", str(TRAY_HEIGHT), "--transparent", "false", "--expand", "false"],
             env=env, stdin=subprocess.DEVNULL, stdout=logs, stderr=logs))
         deadline = time.monotonic() + TIMEOUT
-        while not tray_manager_running(display):
-            assert time.monotonic() < deadline, f"trayer never took the tray: {(workdir / 'desktop.log').read_text()}"
-            time.sleep(0.05)
+        for program, selection in (("openbox", "WM_S0"), ("trayer", "_NET_SYSTEM_TRAY_S0")):
+            while not selection_owned(display, selection):
+                assert time.monotonic() < deadline, \
+                    f"{program} never took {selection}: {(workdir / 'desktop.log').read_text()}"
+                time.sleep(0.05)
         with pytest.MonkeyPatch.context() as mp:
             for var in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "NO_AT_BRIDGE"):
                 mp.setenv(var, env[var])

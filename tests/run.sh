@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Set up what the tests need on a fresh Debian/Ubuntu machine, then run them: `bash tests/run.sh [pytest args]`.
 # System packages: speech (espeak-ng, sox), audio (PortAudio, PulseAudio for the virtual microphone),
-# ffmpeg (mp4 muxing), Xvfb + xdotool + ImageMagick (the tray on a virtual screen).
+# ffmpeg (mp4 muxing), Xvfb + openbox + xdotool + ImageMagick (the tray on a virtual desktop).
 # rtkit + polkitd (real-time priority for the camera thread, as a desktop grants it: tests/rtkit_bus.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(espeak-ng flite sox libportaudio2 libsndfile1 ffmpeg pulseaudio pulseaudio-utils libasound2-plugins
-          xvfb xauth xdotool imagemagick x11-utils shellcheck
+          xvfb xauth openbox xdotool imagemagick x11-utils shellcheck
           trayer gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-ayatanaappindicator3-0.1 dbus-daemon
           rtkit polkitd)
 # The guest test (a QEMU guest with a real v4l2loopback camera and Chromium as the call app; ~5 min):

@@ -240,11 +240,12 @@ def test_preview_without_a_display_says_so_and_the_camera_runs_on(pulse_server, 
 
 
 def test_preview_on_a_display_that_does_not_answer_fails_in_its_own_process(pulse_server, cams, controller, monkeypatch):
-    # OpenCV's Qt aborts the process that cannot reach its display: the window's own process, not ours.
+    # A GUI toolkit may abort the process that cannot reach its display (OpenCV's Qt does): the window's own
+    # process ends, not ours, and says why.
     monkeypatch.setenv("DISPLAY", ":987")
     ctl = controller()
     ctl.start()
-    with pytest.raises(AvatarCamError, match="cannot open a preview window: .*could not connect to display :987"):
+    with pytest.raises(AvatarCamError, match="cannot open a preview window: .*connect to display .*:987"):
         ctl.set_preview(True)
     frames_after(cams.instances[0], time.monotonic(), 5)
     assert ctl.running and not ctl.preview

@@ -40,7 +40,9 @@ from tray_desktop import (
     mean_difference,
     menu_item,
     menu_rows,
+    preview_window,
     run_tray,
+    window_shows,
     xdotool,
 )
 
@@ -296,13 +298,6 @@ def test_menu_settings_dialog_and_helpers(desktop, camera_backend, photos, tmp_p
     assert not camera_backend.instances, "nothing here needed the camera"
 
 
-def preview_window(desktop: Desktop) -> str | None:
-    """The X window id of the preview window, or None."""
-    found = subprocess.run(["xdotool", "search", "--name", "Avatar Cam preview"], capture_output=True, text=True,
-                           env={**os.environ, "DISPLAY": desktop.display}, timeout=30)
-    return found.stdout.split()[-1] if found.returncode == 0 and found.stdout.split() else None
-
-
 def close_window(desktop: Desktop, window: str) -> None:
     """What a window manager does when the user clicks the close button: ask the window to close itself."""
     import Xlib.display
@@ -345,10 +340,7 @@ def test_show_preview_and_avatar_cam_microphone_from_the_menu(desktop, pulse_ser
         window = wait_for(lambda: preview_window(desktop), "the preview window")
         wait_for(lambda: is_checked(app, "Show preview"), "Show preview checked")
         frame = camera().since(time.monotonic())[-1:] or wait_for(lambda: camera().since(0)[-1:], "a frame")
-        shot = desktop.workdir / "preview.png"
-        wait_for(lambda: subprocess.run(["import", "-window", window, str(shot)], timeout=30).returncode == 0
-                 and cv2.matchTemplate(cv2.imread(str(shot)), frame[0][1], cv2.TM_CCOEFF_NORMED).max() > 0.95,
-                 "the camera's picture in the preview window")
+        wait_for(lambda: window_shows(desktop, window, frame[0][1]), "the camera's picture in the preview window")
         click(app, "Show preview")
         wait_for(lambda: preview_window(desktop) is None, "the preview window to close")
         wait_for(lambda: not is_checked(app, "Show preview"), "Show preview unchecked")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import select
 import subprocess
 import sys
@@ -101,13 +102,15 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
         terminate(proc)
 
 
-def tray_manager_running(display: str) -> bool:
+def selection_owned(display: str, selection: str) -> bool:
+    """Whether a program holds an X manager selection: the tray's `_NET_SYSTEM_TRAY_S0`, the window manager's
+    `WM_S0` (ICCCM)."""
     import Xlib.display
     import Xlib.X
 
     d = Xlib.display.Display(display)
     try:
-        return d.get_selection_owner(d.intern_atom("_NET_SYSTEM_TRAY_S0")) != Xlib.X.NONE
+        return d.get_selection_owner(d.intern_atom(selection)) != Xlib.X.NONE
     finally:
         d.close()
 
@@ -243,6 +246,29 @@ def menu_rows(shot: np.ndarray) -> list[tuple[int, int]]:
                 rows.append((left + 40, TRAY_HEIGHT + top + 2 + (start + y) // 2))
             start = None
     return rows
+
+
+def preview_window(desktop: Desktop) -> str | None:
+    """The X window id of the preview window, or None."""
+    found = subprocess.run(["xdotool", "search", "--name", "Avatar Cam preview"], capture_output=True, text=True,
+                           env={**os.environ, "DISPLAY": desktop.display}, timeout=30)
+    return found.stdout.split()[-1] if found.returncode == 0 and found.stdout.split() else None
+
+
+def window_shows(desktop: Desktop, window: str, picture: np.ndarray) -> bool:
+    """Whether a screenshot of the window holds the picture's lower half, less a margin at the sides (the tray's
+    panel may cover the window's top; on the 640-pixel screen the window manager trims a window as wide)."""
+    import cv2
+
+    shot = desktop.workdir / "window.png"
+    if subprocess.run(["import", "-window", window, str(shot)], env={**os.environ, "DISPLAY": desktop.display},
+                      timeout=30).returncode != 0:
+        return False
+    margin = picture.shape[1] // 20
+    image, lower_half = cv2.imread(str(shot)), picture[picture.shape[0] // 2:, margin:picture.shape[1] - margin]
+    if image is None or image.shape[0] < lower_half.shape[0] or image.shape[1] < lower_half.shape[1]:
+        return False
+    return cv2.matchTemplate(image, lower_half, cv2.TM_CCOEFF_NORMED).max() > 0.95
 
 
 def xdotool(*args: str) -> None:

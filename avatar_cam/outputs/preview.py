@@ -10,7 +10,6 @@ import logging
 import os
 import platform
 import queue
-import struct
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import threading
 import numpy as np
 
 from avatar_cam.errors import AvatarCamError
+from avatar_cam.outputs.preview_window import HEADER
 
 log = logging.getLogger(__name__)
 
@@ -32,35 +32,13 @@ def preview_unavailable() -> str | None:
 
 PREVIEW_HINT = "run it from a desktop session, or leave the preview off (the virtual camera works without it)"
 
-# The window lives in its own process: OpenCV's GUI (Qt) aborts the whole process when the display is gone or
-# unreachable, and its event loop must not meet the tray's GTK loop. Frames come in on stdin as an 8-byte
-# header (height, width) and BGR bytes; "shown" on stdout once the window is up; it exits 0 on end of input
-# or when the user closes the window.
-_PREVIEW_WINDOW = r"""
-import struct, sys
-import cv2, numpy as np
-title, stream, shown = sys.argv[1], sys.stdin.buffer, False
-while len(head := stream.read(8)) == 8:
-    h, w = struct.unpack("<II", head)
-    data = stream.read(h * w * 3)
-    if len(data) < h * w * 3:
-        break
-    cv2.imshow(title, np.frombuffer(data, np.uint8).reshape(h, w, 3))
-    cv2.waitKey(1)
-    if not shown:
-        print("shown", flush=True)
-        shown = True
-        continue
-    try:
-        if cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
-            break
-    except cv2.error:  # Qt destroyed the window the user closed
-        break
-"""
+# The window lives in its own process (outputs/preview_window.py): a GUI toolkit that fails can only end that
+# process (OpenCV's Qt aborts the whole process when the display is gone), and its event loop never meets the
+# tray's GTK loop.
 
 
 class PreviewSink:
-    """A window showing what the camera sends, drawn by a child process (see `_PREVIEW_WINDOW`).
+    """A window showing what the camera sends, drawn by a child process (outputs/preview_window.py).
 
     `__init__` returns once the window is up, or raises AvatarCamError saying why it cannot be. `send` runs
     on the frame thread and never waits: the newest frame is handed to the "preview" thread, which scales it
@@ -76,9 +54,9 @@ class PreviewSink:
         self.title, self.max_width = title, max_width
         self.error: str | None = None
         self._closing = False
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close(); Qt may talk for hours: a file never fills up
-        self._proc = subprocess.Popen([sys.executable, "-c", _PREVIEW_WINDOW, title], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._stderr)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close(); a toolkit may talk for hours: a file never fills up
+        self._proc = subprocess.Popen([sys.executable, "-m", "avatar_cam.outputs.preview_window", title],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         self._frames: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=1)
         self._frames.put(np.zeros((360, 640, 3), np.uint8))  # something to show until the first frame
         self._thread = threading.Thread(target=self._feed, name="preview", daemon=True)
@@ -132,7 +110,7 @@ class PreviewSink:
                 h, w = round(h * self.max_width / w) // 2 * 2, self.max_width
                 frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
             try:
-                self._proc.stdin.write(struct.pack("<II", h, w))
+                self._proc.stdin.write(HEADER.pack(h, w))
                 self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError, ValueError):
