@@ -74,3 +74,13 @@ def open_and_look(desktop: Desktop, i: int, width: int, height: int) -> None:
 def test_each_preview_window_shows_the_camera_picture_on_a_busy_cpu(bare_x, busy_cpu):
     for i, (width, height) in enumerate([(320, 180), (640, 360), (1280, 720), (480, 270), (960, 540)] * 2):
         open_and_look(bare_x, i, width, height)
+
+
+def test_bench_preview_measures_both_windows_side_by_side(bare_x):
+    from avatar_cam.bench.preview import preview_bench
+
+    r = preview_bench((1280, 720), fps=15.0, seconds=1.0)
+    for window in ("x11", "opencv"):
+        assert r[window]["alive"] and r[window]["frames_sent"] >= 10, r
+        assert r[window]["cpu_pct"] > 0 and r[window]["rss_mb"] > 10, r
+    assert r["x11_vs_opencv_cpu"] == round(r["x11"]["cpu_pct"] / r["opencv"]["cpu_pct"], 2)

@@ -10,9 +10,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from avatar_cam.bench import av_sync, engine, live, render, soak, startup, visemes
+    from avatar_cam.bench import av_sync, engine, live, preview, render, soak, startup, visemes
 
     bench = sub.add_parser("bench", help="measure speed, latency and memory")
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    for kind in (engine, live, render, soak, av_sync, startup, visemes):
+    for kind in (engine, live, render, soak, av_sync, startup, visemes, preview):
         kind.register(kinds)

@@ -40,6 +40,7 @@ PREVIEW_HINT = "run it from a desktop session, or leave the preview off (the vir
 class PreviewSink:
     """A window showing what the camera sends, drawn by a child process (outputs/preview_window.py).
 
+    `opencv` asks for OpenCV's window where the X11 one would be used (to compare them: `bench preview`).
     `__init__` returns once the window is up, or raises AvatarCamError saying why it cannot be. `send` runs
     on the frame thread and never waits: the newest frame is handed to the "preview" thread, which scales it
     down to at most `max_width` and writes it to the child; frames are dropped, never queued up. When the
@@ -47,7 +48,8 @@ class PreviewSink:
     are dropped until `close()`.
     """
 
-    def __init__(self, title: str = "Avatar Cam preview", max_width: int = 640, ready_timeout_s: float = 20.0):
+    def __init__(self, title: str = "Avatar Cam preview", max_width: int = 640, ready_timeout_s: float = 20.0,
+                 opencv: bool = False):
         problem = preview_unavailable()
         if problem:
             raise AvatarCamError(problem, hint=PREVIEW_HINT)
@@ -55,7 +57,8 @@ class PreviewSink:
         self.error: str | None = None
         self._closing = False
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close(); a toolkit may talk for hours: a file never fills up
-        self._proc = subprocess.Popen([sys.executable, "-m", "avatar_cam.outputs.preview_window", title],
+        self._proc = subprocess.Popen([sys.executable, "-m", "avatar_cam.outputs.preview_window", title,
+                                       *(["opencv"] if opencv else [])],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         self._frames: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=1)
         self._frames.put(np.zeros((360, 640, 3), np.uint8))  # something to show until the first frame
@@ -65,7 +68,7 @@ class PreviewSink:
             why = self._child_said() or f"it did not show within {ready_timeout_s:.0f} s"
             self.close()
             raise AvatarCamError(f"cannot open a preview window: {why}", hint=PREVIEW_HINT)
-        log.info("preview window open (process %d)", self._proc.pid)
+        log.info("preview window open (process %d)", self.pid)
 
     def _wait_shown(self, timeout: float) -> bool:
         said: list[bytes] = []
@@ -85,6 +88,11 @@ class PreviewSink:
         lines = [x.strip() for x in self._stderr.read()[-4000:].decode(errors="replace").splitlines() if x.strip()]
         about_display = [x for x in lines if "display" in x.lower()]
         return (about_display or lines or [""])[-1]
+
+    @property
+    def pid(self) -> int:
+        """The window's process."""
+        return self._proc.pid
 
     @property
     def alive(self) -> bool:

@@ -1,4 +1,5 @@
-"""The preview window's own process: `python -m avatar_cam.outputs.preview_window TITLE` (started by preview.py).
+"""The preview window's own process: `python -m avatar_cam.outputs.preview_window TITLE [opencv]` (started by
+preview.py; `opencv` asks for OpenCV's window where the X11 one would be used, for `avatar-cam bench preview`).
 
 Frames come in on stdin as an 8-byte header (height, width, little-endian uint32) and the BGR bytes; it prints
 "shown" once the window is on the screen; it exits 0 at the end of its input or when the user closes the window,
@@ -164,13 +165,20 @@ def run_opencv(title: str, stream: BinaryIO) -> int:
     return 0
 
 
-def x11_window(title: str) -> X11Window | None:
-    """An X window, or None where X11 is not how windows are made here (OpenCV's window is used then)."""
+def x11_usable() -> bool:
+    """Whether windows are X11 windows here, and python-xlib is installed."""
     if sys.platform in ("win32", "darwin") or not os.environ.get("DISPLAY"):
-        return None
+        return False
     try:
         import Xlib.display  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def x11_window(title: str) -> X11Window | None:
+    """An X window, or None where X11 is not how windows are made here (OpenCV's window is used then)."""
+    if not x11_usable():
         return None
     try:
         return X11Window(title)
@@ -181,7 +189,7 @@ def x11_window(title: str) -> X11Window | None:
 def main() -> int:
     title, stream = sys.argv[1], sys.stdin.buffer.raw  # unbuffered: select() sees every byte not read yet
     try:
-        win = x11_window(title)
+        win = None if sys.argv[2:] == ["opencv"] else x11_window(title)
         return run_x11(win, stream) if win is not None else run_opencv(title, stream)
     except Exception as exc:  # noqa: BLE001 - the parent shows this line (preview.py, `_child_said`)
         print(str(exc) or type(exc).__name__, file=sys.stderr, flush=True)
