@@ -25,6 +25,7 @@ from tray_desktop import (
     read_line,
     release_gtk,
     selection_owned,
+    start_xvfb,
     stop_all,
 )
 
@@ -145,13 +146,8 @@ def desktop(tmp_path_factory: pytest.TempPathFactory):
     procs: list[subprocess.Popen] = []
     logs = open(workdir / "desktop.log", "wb")  # noqa: SIM115 - closed in finally
     try:
-        r, w = os.pipe()  # Xvfb picks a free display number and writes it here
-        procs.append(subprocess.Popen(
-            ["Xvfb", "-displayfd", str(w), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
-            pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logs, stderr=logs))
-        os.close(w)
-        with os.fdopen(r, "rb") as numbers:
-            display = ":" + read_line(numbers, TIMEOUT, "Xvfb")
+        xvfb, display = start_xvfb(*SCREEN, logs)
+        procs.append(xvfb)
         env = {**os.environ, "DISPLAY": display, "NO_AT_BRIDGE": "1"}
         dbus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logs, env=env)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers import wait_for
-from tray_desktop import TIMEOUT, Desktop, preview_window, read_line, stop_all, window_shows
+from tray_desktop import Desktop, preview_window, start_xvfb, stop_all, window_shows
 
 from avatar_cam.outputs.preview import PreviewSink
 
@@ -28,14 +28,8 @@ def blocks(width: int, height: int, seed: int) -> np.ndarray:
 @pytest.fixture()
 def bare_x(tmp_path, monkeypatch) -> Desktop:
     """An X server and nothing else on it."""
-    r, w = os.pipe()  # Xvfb picks a free display number and writes it here
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                            pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    os.close(w)
+    xvfb, display = start_xvfb(1600, 1000, subprocess.DEVNULL)
     try:
-        with os.fdopen(r, "rb") as numbers:
-            display = ":" + read_line(numbers, TIMEOUT, "Xvfb")
         monkeypatch.setenv("DISPLAY", display)
         yield Desktop(display, tmp_path, tmp_path / "no-notifications.jsonl")
     finally:

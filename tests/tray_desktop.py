@@ -95,6 +95,20 @@ def read_line(stream, timeout: float, what: str) -> str:
     return stream.readline().decode().strip()
 
 
+def start_xvfb(width: int, height: int, logs) -> tuple[subprocess.Popen, str]:
+    """An Xvfb server on a free display number (it picks one and tells us): the process and ":N"."""
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logs, stderr=logs)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as numbers:
+            return xvfb, ":" + read_line(numbers, TIMEOUT, "Xvfb")
+    except BaseException:
+        stop_all([xvfb])
+        raise
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     from pulse import terminate  # (here: conftest imports this module before pytest loads pulse as its plugin)
 
